@@ -1,0 +1,1 @@
+"""The one generic trainer: mesh and sharding, train state, checkpoints, metrics, loop."""

@@ -1,0 +1,49 @@
+"""Fields every stage config shares: mesh, sharding rules, optimizer, checkpoints, logging."""
+
+import ml_collections
+
+from dalle2_jax.train.sharding import DEFAULT_RULES
+
+
+def base_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.stage = ""
+    config.seed = 0
+    config.num_steps = 1000
+    config.batch_size = 64  # global, over all processes
+    config.grad_accum_steps = 1
+    config.log_every = 10
+    config.eval_every = 0  # 0: no periodic evaluation
+    config.progress_bar = True
+    # Mesh axes (data, fsdp, tensor); one may be -1 to use the remaining devices.
+    config.mesh = ml_collections.ConfigDict(
+        {"data": -1, "fsdp": 1, "tensor": 1, "num_devices": 0}  # num_devices 0: all
+    )
+    config.axis_rules = [list(r) for r in DEFAULT_RULES]
+    config.optim = ml_collections.ConfigDict(
+        {
+            "learning_rate": 1e-4,
+            "b1": 0.9,
+            "b2": 0.999,
+            "eps": 1e-8,
+            "weight_decay": 0.0,
+            "warmup_steps": 0,
+            "schedule": "constant",  # or "cosine"
+            "end_lr": 0.0,
+            "grad_clip_norm": 1.0,
+            "ema_decay": 0.9999,
+        }
+    )
+    config.checkpoint = ml_collections.ConfigDict({"every_steps": 500, "keep": 3, "async": True})
+    config.distributed = ml_collections.ConfigDict(
+        {
+            "enabled": "auto",  # True, False or "auto" (cluster environment detected)
+            "coordinator_address": None,
+            "num_processes": None,
+            "process_id": None,
+            "local_device_ids": None,
+            "cpu_collectives": None,  # "gloo" for CPU-only multi-process runs
+            "initialization_timeout": 300,
+        }
+    )
+    return config

@@ -1,0 +1,31 @@
+"""Stages looked up by name from a small registry (`config.stage`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import ml_collections
+
+from dalle2_jax.stages.base import Stage
+
+_REGISTRY: dict[str, type[Stage]] = {}
+
+
+def register(name: str) -> Callable[[type[Stage]], type[Stage]]:
+    def wrap(cls: type[Stage]) -> type[Stage]:
+        _REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def get_stage(config: ml_collections.ConfigDict) -> Stage:
+    """The stage named by `config.stage`, built from the config."""
+    _import_builtin_stages()
+    if config.stage not in _REGISTRY:
+        raise ValueError(f"Unknown stage {config.stage!r}; known: {sorted(_REGISTRY)}.")
+    return _REGISTRY[config.stage](config)
+
+
+def _import_builtin_stages() -> None:
+    from dalle2_jax.stages import toy  # noqa: F401

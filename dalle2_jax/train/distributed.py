@@ -1,0 +1,50 @@
+"""Multi-host start-up: `jax.distributed.initialize` when the config or environment asks."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import jax
+import ml_collections
+
+ENV_VARS = (
+    "JAX_COORDINATOR_ADDRESS",
+    "SLURM_JOB_ID",
+    "TPU_WORKER_HOSTNAMES",
+    "OMPI_COMM_WORLD_SIZE",
+)
+
+
+def maybe_initialize(config: ml_collections.ConfigDict) -> None:
+    """Initialise multi-process JAX if `config.distributed.enabled` (True, False or "auto").
+
+    "auto" initialises when a cluster environment is detected. Must run before any other JAX
+    call touches the backend. Failures propagate: nothing falls back to one host.
+    """
+    cfg = config.get("distributed") or ml_collections.ConfigDict({"enabled": False})
+    enabled = cfg.get("enabled", False)
+    if enabled == "auto":
+        enabled = any(v in os.environ for v in ENV_VARS)
+    if not enabled:
+        return
+    if jax.distributed.is_initialized():
+        return
+    if cfg.get("cpu_collectives"):
+        # CPU-only multi-process runs (and tests) need a real collectives backend.
+        jax.config.update("jax_cpu_collectives_implementation", cfg.cpu_collectives)
+    kwargs = {
+        k: cfg.get(k)
+        for k in ("coordinator_address", "num_processes", "process_id", "initialization_timeout")
+        if cfg.get(k) is not None
+    }
+    if cfg.get("local_device_ids") is not None:
+        kwargs["local_device_ids"] = list(cfg.local_device_ids)
+    jax.distributed.initialize(**kwargs)
+    logging.info(
+        "Process %d of %d with %d local / %d global devices.",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+    )

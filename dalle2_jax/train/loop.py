@@ -1,0 +1,256 @@
+"""`train_and_evaluate(config, workdir)`: the one training loop every stage runs through.
+
+Sections: (1) mesh, stage and optimizer; (2) state, born sharded or restored; (3) data from
+the saved position; (4) the ahead-of-time compiled, donated train step; (5) the loop with
+logging, evaluation, checkpoints, preemption and NaN checks.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import time
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import ml_collections
+from tqdm.auto import tqdm
+
+from dalle2_jax import stages
+from dalle2_jax.data.loader import BatchLoader, global_batch
+from dalle2_jax.train import distributed
+from dalle2_jax.train.checkpoint import Checkpointer
+from dalle2_jax.train.mesh import batch_sharding, data_parallel_size, make_mesh, replicated
+from dalle2_jax.train.metrics import MetricsWriter
+from dalle2_jax.train.optimizer import make_optimizer
+from dalle2_jax.train.state import TrainState, create_train_state, num_params, state_shardings
+from dalle2_jax.train.step import make_train_step
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss or gradient norm became NaN/Inf; the run stops instead of training on."""
+
+
+class _SigtermFlag:
+    """Turns SIGTERM into a request to checkpoint and exit at the next step boundary."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        if jax.process_count() == 1:  # multi-host: jax's preemption sync manager handles it
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        del signum, frame
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def stage_workdir(config: ml_collections.ConfigDict, workdir: str | Path) -> Path:
+    return Path(workdir) / config.stage
+
+
+def _compile_step(train_step, state, shardings, batch_spec, mesh, rules, key, config):
+    """AOT-compile the train step for the global batch; returns (compiled, flops per step)."""
+    B = config.batch_size
+    batch_abstract = {
+        name: jax.ShapeDtypeStruct(
+            (B, *s.shape), s.dtype, sharding=batch_sharding(mesh, 1 + len(s.shape))
+        )
+        for name, s in batch_spec.items()
+    }
+    jitted = jax.jit(
+        train_step,
+        in_shardings=(
+            shardings,
+            {k: v.sharding for k, v in batch_abstract.items()},
+            replicated(mesh),
+        ),
+        out_shardings=(shardings, replicated(mesh)),
+        donate_argnums=(0,),
+    )
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        compiled = jitted.lower(state, batch_abstract, key).compile()
+    cost = compiled.cost_analysis()
+    if isinstance(cost, list | tuple):
+        cost = cost[0] if cost else {}
+    flops = float((cost or {}).get("flops", 0.0))
+    # The compiled SPMD program is per device; total work is that times the device count.
+    return compiled, flops * mesh.size
+
+
+def _save_config(config: ml_collections.ConfigDict, directory: Path) -> None:
+    if jax.process_index() == 0:
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "config.json").write_text(config.to_json_best_effort(indent=2))
+
+
+def setup(config: ml_collections.ConfigDict):
+    """(stage, mesh, rules, tx, schedule, init_params) for a config; allocates nothing."""
+    devices = jax.devices()[: config.mesh.get("num_devices") or None]
+    mesh = make_mesh(config.mesh, devices)
+    rules = tuple(tuple(r) for r in config.axis_rules)
+    if config.batch_size % data_parallel_size(mesh):
+        raise ValueError(
+            f"batch_size={config.batch_size} is not divisible by the data-parallel mesh size "
+            f"{data_parallel_size(mesh)} (mesh {dict(mesh.shape)})."
+        )
+    stage = stages.get_stage(config)
+    tx, schedule = make_optimizer(config.optim, config.num_steps)
+
+    def init_params(rng):
+        with nn.logical_axis_rules(rules):
+            return stage.init(rng)
+
+    return stage, mesh, rules, tx, schedule, init_params
+
+
+def restore_train_state(
+    config: ml_collections.ConfigDict, workdir: str | Path, step: int | None = None
+) -> TrainState:
+    """The latest (or given) checkpointed train state of `config.stage` under `workdir`,
+    sharded on the current devices. Raises CheckpointRestoreError if there is none."""
+    _, mesh, rules, tx, _, init_params = setup(config)
+    abstract, _ = state_shardings(init_params, tx, mesh, rules)
+    checkpointer = Checkpointer(stage_workdir(config, workdir) / "checkpoints", async_save=False)
+    try:
+        state, _, _ = checkpointer.restore(abstract, step)
+    finally:
+        checkpointer.close()
+    return state
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainState:
+    """Train `config.stage` for `config.num_steps`, resuming from `workdir` if it has a
+    checkpoint. Returns the final train state."""
+    distributed.maybe_initialize(config)
+    workdir = stage_workdir(config, workdir)
+    _save_config(config, workdir)
+
+    # 1. Mesh, stage, optimizer.
+    stage, mesh, rules, tx, schedule, init_params = setup(config)
+    key = jax.random.key(config.seed)
+    init_key, step_key, eval_key = jax.random.split(key, 3)
+
+    # 2. State: restored into the current mesh's shardings, or born sharded.
+    ckpt_cfg = config.checkpoint
+    checkpointer = Checkpointer(
+        workdir / "checkpoints", max_to_keep=ckpt_cfg.keep, async_save=ckpt_cfg.get("async", True)
+    )
+    abstract, shardings = state_shardings(init_params, tx, mesh, rules)
+    data_state = None
+    if checkpointer.latest_step() is not None:
+        try:
+            state, _, data_state = checkpointer.restore(abstract)
+        except Exception:
+            checkpointer.close()
+            raise
+        logging.info("Resumed %s from step %d.", config.stage, int(state.step))
+    else:
+        state, shardings = create_train_state(init_params, tx, mesh, rules, init_key)
+    start_step = int(state.step)
+    logging.info("%s: %.3fM parameters.", config.stage, num_params(state.params) / 1e6)
+
+    # 3. Data: this process's share of each global batch, from the saved position.
+    batch_spec = stage.batch_spec()
+    loader_start = start_step
+    if data_state is not None:
+        loader_start = BatchLoader.start_step_from_state(
+            data_state, global_batch_size=config.batch_size, seed=config.seed
+        )
+    loader = BatchLoader(
+        stage.source("train"),
+        global_batch_size=config.batch_size,
+        seed=config.seed,
+        shuffle=config.data.get("shuffle", True),
+        start_step=loader_start,
+        keys=tuple(batch_spec),
+        num_threads=config.data.get("num_threads", 4),
+    )
+
+    # 4. One compiled, donated train step.
+    train_step = make_train_step(
+        stage.loss,
+        tx,
+        schedule,
+        ema_decay=config.optim.ema_decay,
+        grad_accum_steps=config.get("grad_accum_steps", 1),
+    )
+    t0 = time.perf_counter()
+    compiled, flops_per_step = _compile_step(
+        train_step, state, shardings, batch_spec, mesh, rules, step_key, config
+    )
+    logging.info("Compiled train step in %.1fs.", time.perf_counter() - t0)
+
+    # 5. The loop.
+    writer = MetricsWriter(workdir)
+    last_saved = checkpointer.latest_step()
+    step = start_step
+    progress = tqdm(
+        total=config.num_steps,
+        initial=start_step,
+        desc=config.stage,
+        unit="step",
+        disable=jax.process_index() != 0 or not config.get("progress_bar", True),
+        dynamic_ncols=True,
+    )
+    window_start, window_steps = time.perf_counter(), 0
+
+    def save(at_step: int) -> None:
+        nonlocal last_saved
+        checkpointer.save(at_step, state, config.to_dict(), loader.state())
+        last_saved = at_step
+
+    with _SigtermFlag() as sigterm:
+        while step < config.num_steps:
+            batch = global_batch(next(loader), mesh)
+            state, metrics = compiled(state, batch, step_key)
+            step += 1
+            window_steps += 1
+            loss, grad_norm = float(metrics["loss"]), float(metrics["grad_norm"])
+            if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+                checkpointer.wait()
+                raise NonFiniteLossError(
+                    f"{config.stage}: loss={loss}, grad_norm={grad_norm} at step {step}. "
+                    f"Last good checkpoint: "
+                    f"{'none' if last_saved is None else f'step {last_saved}'} in "
+                    f"{checkpointer.directory}. Lower the learning rate or check the data, then "
+                    "rerun to resume from it."
+                )
+            progress.update(1)
+            if step % config.log_every == 0 or step == config.num_steps:
+                dt = time.perf_counter() - window_start
+                rate = window_steps / dt
+                scalars = {k: float(v) for k, v in metrics.items()}
+                scalars["steps_per_sec"] = rate
+                scalars["examples_per_sec"] = rate * config.batch_size
+                scalars["tflops_per_sec"] = rate * flops_per_step / 1e12
+                writer.write_scalars(step, scalars)
+                progress.set_postfix(loss=f"{loss:.4f}", ex_s=f"{rate * config.batch_size:.0f}")
+                window_start, window_steps = time.perf_counter(), 0
+            if config.get("eval_every") and step % config.eval_every == 0:
+                ev = stage.evaluate(state.ema_params, jax.random.fold_in(eval_key, step))
+                if ev:
+                    writer.write_scalars(step, {f"eval/{k}": v for k, v in ev.items()})
+            preempted = sigterm.requested or (
+                jax.process_count() > 1 and checkpointer.reached_preemption(step)
+            )
+            if step % ckpt_cfg.every_steps == 0 or step == config.num_steps or preempted:
+                save(step)
+            if preempted:
+                logging.warning("Preemption requested: saved step %d and stopping.", step)
+                break
+
+    progress.close()
+    checkpointer.wait()
+    checkpointer.close()
+    writer.close()
+    return state

@@ -1,0 +1,24 @@
+"""Train one unCLIP stage: flags -> config -> trainer.
+
+python train.py --config configs/toy.py[:variant] --workdir runs/toy [--config.field=value ...]
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from dalle2_jax.train.loop import train_and_evaluate
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Config file (path[:variant]).", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.INFO)
+    train_and_evaluate(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+    app.run(main)

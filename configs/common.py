@@ -1,6 +1,7 @@
 """Fields every stage config shares: mesh, sharding rules, optimizer, checkpoints, logging."""
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 from dalle2_jax.train.sharding import DEFAULT_RULES
 
@@ -34,15 +35,17 @@ def base_config() -> ml_collections.ConfigDict:
             "ema_decay": 0.9999,
         }
     )
-    config.checkpoint = ml_collections.ConfigDict({"every_steps": 500, "keep": 3, "async": True})
+    config.checkpoint = ml_collections.ConfigDict(
+        {"every_steps": 500, "keep": 3, "async_save": True}
+    )
     config.distributed = ml_collections.ConfigDict(
         {
-            "enabled": "auto",  # True, False or "auto" (cluster environment detected)
-            "coordinator_address": None,
-            "num_processes": None,
-            "process_id": None,
-            "local_device_ids": None,
-            "cpu_collectives": None,  # "gloo" for CPU-only multi-process runs
+            "enabled": "auto",  # "true", "false" or "auto" (cluster environment detected)
+            "coordinator_address": placeholder(str),
+            "num_processes": placeholder(int),
+            "process_id": placeholder(int),
+            "local_device_ids": placeholder(tuple),
+            "cpu_collectives": placeholder(str),  # "gloo" for CPU-only multi-process runs
             "initialization_timeout": 300,
         }
     )

@@ -5,6 +5,7 @@ Cost: ~1 minute on 2 CPU cores; the loss falls from ~1.0 to ~0.3.
 """
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 from configs import common
 
@@ -17,7 +18,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.seed = 0
     config.model = ml_collections.ConfigDict({"width": 64, "depth": 2, "dtype": "float32"})
     config.data = ml_collections.ConfigDict(
-        {"dim": 8, "num_examples": 4096, "shuffle": True, "num_threads": 2, "poison_from": None}
+        {
+            "dim": 8,
+            "num_examples": 4096,
+            "shuffle": True,
+            "num_threads": 2,
+            "poison_from": placeholder(int),
+        }
     )
     config.diffusion = ml_collections.ConfigDict({"num_timesteps": 1000})
     config.optim.learning_rate = 1e-3

@@ -17,15 +17,16 @@ ENV_VARS = (
 
 
 def maybe_initialize(config: ml_collections.ConfigDict) -> None:
-    """Initialise multi-process JAX if `config.distributed.enabled` (True, False or "auto").
+    """Initialise multi-process JAX if `config.distributed.enabled` ("true", "false", "auto").
 
     "auto" initialises when a cluster environment is detected. Must run before any other JAX
     call touches the backend. Failures propagate: nothing falls back to one host.
     """
     cfg = config.get("distributed") or ml_collections.ConfigDict({"enabled": False})
-    enabled = cfg.get("enabled", False)
-    if enabled == "auto":
-        enabled = any(v in os.environ for v in ENV_VARS)
+    enabled = str(cfg.get("enabled", False)).lower()
+    if enabled not in ("true", "false", "auto"):
+        raise ValueError(f"distributed.enabled must be true, false or auto, got {enabled!r}.")
+    enabled = enabled == "true" or (enabled == "auto" and any(v in os.environ for v in ENV_VARS))
     if not enabled:
         return
     if jax.distributed.is_initialized():

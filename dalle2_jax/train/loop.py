@@ -143,7 +143,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     # 2. State: restored into the current mesh's shardings, or born sharded.
     ckpt_cfg = config.checkpoint
     checkpointer = Checkpointer(
-        workdir / "checkpoints", max_to_keep=ckpt_cfg.keep, async_save=ckpt_cfg.get("async", True)
+        workdir / "checkpoints",
+        max_to_keep=ckpt_cfg.keep,
+        async_save=ckpt_cfg.get("async_save", True),
     )
     abstract, shardings = state_shardings(init_params, tx, mesh, rules)
     data_state = None

@@ -22,7 +22,7 @@ INSTALL_REQUIRES = [
 
 EXTRAS = {
     # torch is only the independent reference for CLIP parity tests (CPU build).
-    "test": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.6", "torch==2.13.0"],
+    "test": ["pytest>=8", "pytest-timeout>=2.3", "portpicker>=1.6", "ruff>=0.6", "torch==2.13.0"],
     "cuda": ["jax[cuda13]"],
     "tpu": ["jax[tpu]"],
 }

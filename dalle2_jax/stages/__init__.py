@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import ml_collections
 
@@ -19,13 +20,13 @@ def register(name: str) -> Callable[[type[Stage]], type[Stage]]:
     return wrap
 
 
-def get_stage(config: ml_collections.ConfigDict) -> Stage:
-    """The stage named by `config.stage`, built from the config."""
+def get_stage(config: ml_collections.ConfigDict, workdir: str | Path | None = None) -> Stage:
+    """The stage named by `config.stage`, built from the config (artifacts under `workdir`)."""
     _import_builtin_stages()
     if config.stage not in _REGISTRY:
         raise ValueError(f"Unknown stage {config.stage!r}; known: {sorted(_REGISTRY)}.")
-    return _REGISTRY[config.stage](config)
+    return _REGISTRY[config.stage](config, workdir)
 
 
 def _import_builtin_stages() -> None:
-    from dalle2_jax.stages import toy  # noqa: F401
+    from dalle2_jax.stages import clip, prior, toy  # noqa: F401

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Protocol
 
 import jax
@@ -32,8 +33,10 @@ class ExampleSource(Protocol):
 class Stage(abc.ABC):
     """One trainable part of unCLIP. Subclasses register themselves by name (see `stages`)."""
 
-    def __init__(self, config: ml_collections.ConfigDict):
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str | Path | None = None):
+        """`workdir` is the stage's own directory, for artifacts such as a trained tokenizer."""
         self.config = config
+        self.workdir = None if workdir is None else Path(workdir)
 
     @abc.abstractmethod
     def init(self, rng: jax.Array) -> PyTree:

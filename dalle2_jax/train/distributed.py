@@ -8,6 +8,8 @@ import os
 import jax
 import ml_collections
 
+log = logging.getLogger(__name__)
+
 ENV_VARS = (
     "JAX_COORDINATOR_ADDRESS",
     "SLURM_JOB_ID",
@@ -42,7 +44,7 @@ def maybe_initialize(config: ml_collections.ConfigDict) -> None:
     if cfg.get("local_device_ids") is not None:
         kwargs["local_device_ids"] = list(cfg.local_device_ids)
     jax.distributed.initialize(**kwargs)
-    logging.info(
+    log.info(
         "Process %d of %d with %d local / %d global devices.",
         jax.process_index(),
         jax.process_count(),

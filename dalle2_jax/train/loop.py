@@ -28,6 +28,8 @@ from dalle2_jax.train.optimizer import make_optimizer
 from dalle2_jax.train.state import TrainState, create_train_state, num_params, state_shardings
 from dalle2_jax.train.step import make_train_step
 
+log = logging.getLogger(__name__)
+
 
 class NonFiniteLossError(FloatingPointError):
     """The loss or gradient norm became NaN/Inf; the run stops instead of training on."""
@@ -93,8 +95,9 @@ def _save_config(config: ml_collections.ConfigDict, directory: Path) -> None:
         (directory / "config.json").write_text(config.to_json_best_effort(indent=2))
 
 
-def setup(config: ml_collections.ConfigDict):
-    """(stage, mesh, rules, tx, schedule, init_params) for a config; allocates nothing."""
+def setup(config: ml_collections.ConfigDict, workdir: str | Path | None = None):
+    """(stage, mesh, rules, tx, schedule, init_params) for a config; allocates nothing.
+    `workdir` is the stage's directory (`stage_workdir`)."""
     devices = jax.devices()[: config.mesh.get("num_devices") or None]
     mesh = make_mesh(config.mesh, devices)
     rules = tuple(tuple(r) for r in config.axis_rules)
@@ -103,7 +106,7 @@ def setup(config: ml_collections.ConfigDict):
             f"batch_size={config.batch_size} is not divisible by the data-parallel mesh size "
             f"{data_parallel_size(mesh)} (mesh {dict(mesh.shape)})."
         )
-    stage = stages.get_stage(config)
+    stage = stages.get_stage(config, workdir)
     tx, schedule = make_optimizer(config.optim, config.num_steps)
 
     def init_params(rng):
@@ -118,9 +121,10 @@ def restore_train_state(
 ) -> TrainState:
     """The latest (or given) checkpointed train state of `config.stage` under `workdir`,
     sharded on the current devices. Raises CheckpointRestoreError if there is none."""
-    _, mesh, rules, tx, _, init_params = setup(config)
+    workdir = stage_workdir(config, workdir)
+    _, mesh, rules, tx, _, init_params = setup(config, workdir)
     abstract, _ = state_shardings(init_params, tx, mesh, rules)
-    checkpointer = Checkpointer(stage_workdir(config, workdir) / "checkpoints", async_save=False)
+    checkpointer = Checkpointer(workdir / "checkpoints", async_save=False)
     try:
         state, _, _ = checkpointer.restore(abstract, step)
     finally:
@@ -136,7 +140,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     _save_config(config, workdir)
 
     # 1. Mesh, stage, optimizer.
-    stage, mesh, rules, tx, schedule, init_params = setup(config)
+    stage, mesh, rules, tx, schedule, init_params = setup(config, workdir)
     key = jax.random.key(config.seed)
     init_key, step_key, eval_key = jax.random.split(key, 3)
 
@@ -155,11 +159,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         except Exception:
             checkpointer.close()
             raise
-        logging.info("Resumed %s from step %d.", config.stage, int(state.step))
+        log.info("Resumed %s from step %d.", config.stage, int(state.step))
     else:
         state, shardings = create_train_state(init_params, tx, mesh, rules, init_key)
     start_step = int(state.step)
-    logging.info("%s: %.3fM parameters.", config.stage, num_params(state.params) / 1e6)
+    log.info("%s: %.3fM parameters.", config.stage, num_params(state.params) / 1e6)
 
     # 3. Data: this process's share of each global batch, from the saved position.
     batch_spec = stage.batch_spec()
@@ -168,8 +172,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         loader_start = BatchLoader.start_step_from_state(
             data_state, global_batch_size=config.batch_size, seed=config.seed
         )
+    train_source = stage.source("train")
     loader = BatchLoader(
-        stage.source("train"),
+        train_source,
         global_batch_size=config.batch_size,
         seed=config.seed,
         shuffle=config.data.get("shuffle", True),
@@ -190,7 +195,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     compiled, flops_per_step = _compile_step(
         train_step, state, shardings, batch_spec, mesh, rules, step_key, config
     )
-    logging.info("Compiled train step in %.1fs.", time.perf_counter() - t0)
+    log.info("Compiled train step in %.1fs.", time.perf_counter() - t0)
 
     # 5. The loop.
     writer = MetricsWriter(workdir)
@@ -235,11 +240,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                 scalars["steps_per_sec"] = rate
                 scalars["examples_per_sec"] = rate * config.batch_size
                 scalars["tflops_per_sec"] = rate * flops_per_step / 1e12
+                # Skipped / converted examples of this process's reads (bad-input counters).
+                stats = train_source.stats() if hasattr(train_source, "stats") else {}
+                scalars.update({f"data/{k}": v for k, v in stats.items()})
                 writer.write_scalars(step, scalars)
                 progress.set_postfix(loss=f"{loss:.4f}", ex_s=f"{rate * config.batch_size:.0f}")
                 window_start, window_steps = time.perf_counter(), 0
-            if config.get("eval_every") and step % config.eval_every == 0:
-                ev = stage.evaluate(state.ema_params, jax.random.fold_in(eval_key, step))
+            if config.get("eval_every") and (
+                step % config.eval_every == 0 or step == config.num_steps
+            ):
+                with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+                    ev = stage.evaluate(state.ema_params, jax.random.fold_in(eval_key, step))
                 if ev:
                     writer.write_scalars(step, {f"eval/{k}": v for k, v in ev.items()})
             preempted = sigterm.requested or (
@@ -248,7 +259,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             if step % ckpt_cfg.every_steps == 0 or step == config.num_steps or preempted:
                 save(step)
             if preempted:
-                logging.warning("Preemption requested: saved step %d and stopping.", step)
+                log.warning("Preemption requested: saved step %d and stopping.", step)
                 break
 
     progress.close()

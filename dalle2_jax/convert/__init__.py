@@ -1,0 +1,1 @@
+"""Importing and exporting external weights (Hugging Face CLIP, ...)."""

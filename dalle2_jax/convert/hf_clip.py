@@ -1,0 +1,192 @@
+"""Hugging Face CLIP checkpoints <-> `dalle2_jax.models.clip.CLIP` params.
+
+Our modules carry HF's submodule names, so the mapping is mechanical: `layers_3` <-> `layers.3`,
+`kernel`/`scale`/`embedding` <-> `weight`, Dense kernels transposed, the patch convolution
+permuted from OIHW to HWIO. It is driven by the abstract parameter tree of the model, so every
+parameter must be found with the right shape and every checkpoint tensor must be used.
+
+safetensors checkpoints are read with `safetensors.numpy` (no torch); `pytorch_model.bin`
+needs torch, imported only then.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+from flax import traverse_util
+
+from dalle2_jax.models.clip import CLIP, CLIPConfig, dummy_inputs
+
+Params = dict[str, Any]
+StateDict = dict[str, np.ndarray]
+
+# Non-persistent buffers that older checkpoints contain; not parameters.
+HARMLESS_KEYS = re.compile(r"(^|\.)position_ids$")
+
+_LEAF_TO_HF = {"kernel": "weight", "scale": "weight", "embedding": "weight", "bias": "bias"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoint directories
+# ---------------------------------------------------------------------------------------------
+
+
+def load_hf_clip(path: str | Path, **config_overrides: Any) -> tuple[CLIPConfig, Params]:
+    """Config and float32 numpy params (the "params" collection) of a HF CLIP directory.
+
+    `config_overrides` replace top-level CLIPConfig fields (e.g. dtype="bfloat16", remat=True).
+    """
+    path = Path(path)
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"No config.json in {path}; expected a HF CLIPModel directory.")
+    config = CLIPConfig.from_hf_config(json.loads(config_file.read_text()), **config_overrides)
+    return config, state_dict_to_params(read_state_dict(path), config)
+
+
+def read_state_dict(path: str | Path) -> StateDict:
+    """All tensors of a checkpoint directory: model.safetensors (optionally sharded with an
+    index) or pytorch_model.bin, as numpy arrays."""
+    path = Path(path)
+    if (path / "model.safetensors").is_file():
+        return _read_safetensors(path / "model.safetensors")
+    if (path / "model.safetensors.index.json").is_file():
+        index = json.loads((path / "model.safetensors.index.json").read_text())
+        state: StateDict = {}
+        for shard in sorted(set(index["weight_map"].values())):
+            state.update(_read_safetensors(path / shard))
+        return state
+    if (path / "pytorch_model.bin").is_file():
+        return _read_torch_bin(path / "pytorch_model.bin")
+    raise FileNotFoundError(
+        f"No model.safetensors, model.safetensors.index.json or pytorch_model.bin in {path}."
+    )
+
+
+def save_hf_clip(params: Params, config: CLIPConfig, path: str | Path) -> None:
+    """Write `config.json` + `model.safetensors` loadable by `transformers.CLIPModel`."""
+    from safetensors.numpy import save_file
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    state = params_to_state_dict(params, config)
+    save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
+    (path / "config.json").write_text(json.dumps(config.to_hf_config(), indent=2) + "\n")
+
+
+def _read_safetensors(file: Path) -> StateDict:
+    from safetensors.numpy import load_file
+
+    return dict(load_file(str(file)))
+
+
+def _read_torch_bin(file: Path) -> StateDict:
+    try:
+        import torch
+    except ImportError as e:
+        raise ImportError(
+            f"Reading {file.name} needs torch (the CPU build is enough: pip install torch). "
+            "Alternatively convert the checkpoint to model.safetensors once."
+        ) from e
+    state = torch.load(file, map_location="cpu", weights_only=True)
+    return {
+        k: (v.float() if v.is_floating_point() else v).numpy()
+        for k, v in state.items()
+        if isinstance(v, torch.Tensor)
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Name and layout mapping
+# ---------------------------------------------------------------------------------------------
+
+
+def hf_key(path: tuple[str, ...]) -> str:
+    """HF state-dict key of one of our parameter paths (without the "params" collection)."""
+    *modules, leaf = path
+    modules = [re.sub(r"^layers_(\d+)$", r"layers.\1", m) for m in modules]
+    if leaf in _LEAF_TO_HF:
+        return ".".join([*modules, _LEAF_TO_HF[leaf]])
+    return ".".join([*modules, leaf])  # bare parameters: class_embedding, logit_scale
+
+
+def _to_ours(leaf: str, x: np.ndarray) -> np.ndarray:
+    if leaf == "kernel" and x.ndim == 2:  # torch Linear [out, in] -> [in, out]
+        return x.T
+    if leaf == "kernel" and x.ndim == 4:  # torch Conv2d OIHW -> HWIO
+        return x.transpose(2, 3, 1, 0)
+    return x
+
+
+def _to_hf(leaf: str, x: np.ndarray) -> np.ndarray:
+    if leaf == "kernel" and x.ndim == 2:
+        return x.T
+    if leaf == "kernel" and x.ndim == 4:
+        return x.transpose(3, 2, 0, 1)
+    return x
+
+
+def abstract_params(config: CLIPConfig) -> Params:
+    """Shapes and dtypes of the model's params (no memory, no compute)."""
+    variables = jax.eval_shape(
+        lambda: CLIP(config).init(jax.random.key(0), *dummy_inputs(config))
+    )
+    return nn.unbox(variables)["params"]
+
+
+def state_dict_to_params(state: Mapping[str, np.ndarray], config: CLIPConfig) -> Params:
+    """HF CLIPModel state dict -> our params (float32 numpy); ValueError naming any missing,
+    unexpected or mis-shaped tensors."""
+    expected = traverse_util.flatten_dict(abstract_params(config))
+    params: dict[tuple[str, ...], np.ndarray] = {}
+    missing, bad_shape, used = [], [], set()
+    for path, target in expected.items():
+        key = hf_key(path)
+        if key not in state:
+            missing.append(key)
+            continue
+        used.add(key)
+        # np.array copies into C order; np.ascontiguousarray would turn 0-d into 1-d.
+        value = np.array(_to_ours(path[-1], np.asarray(state[key])), np.float32, order="C")
+        if value.shape != target.shape:
+            bad_shape.append(f"{key}: checkpoint {value.shape} vs model {target.shape}")
+        params[path] = value
+    unexpected = sorted(k for k in state if k not in used and not HARMLESS_KEYS.search(k))
+    problems = []
+    if missing:
+        problems.append(f"missing keys {sorted(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys {unexpected}")
+    if bad_shape:
+        problems.append(f"shape mismatches {bad_shape}")
+    if problems:
+        raise ValueError(
+            "Checkpoint does not match the CLIP config: " + "; ".join(problems)
+            + ". Check that config.json belongs to these weights (a HF CLIPModel checkpoint)."
+        )
+    return traverse_util.unflatten_dict(params)
+
+
+def params_to_state_dict(params: Params, config: CLIPConfig) -> StateDict:
+    """Our params (boxed or not, on device or host) -> HF CLIPModel state dict (float32)."""
+    params = nn.unbox(params)
+    params = params.get("params", params)
+    flat = traverse_util.flatten_dict(jax.device_get(params))
+    expected = traverse_util.flatten_dict(abstract_params(config))
+    if set(flat) != set(expected):
+        raise ValueError(
+            "Params do not match the config: missing "
+            f"{sorted('/'.join(p) for p in set(expected) - set(flat))}, unexpected "
+            f"{sorted('/'.join(p) for p in set(flat) - set(expected))}."
+        )
+    return {
+        hf_key(path): np.array(_to_hf(path[-1], np.asarray(x)), np.float32, order="C")
+        for path, x in flat.items()
+    }

@@ -1,0 +1,273 @@
+"""unCLIP's diffusion prior (Ramesh et al. 2022, sec. 2.2): a causal transformer over CLIP inputs.
+
+The decoder-only transformer reads, in order,
+
+    [caption token encodings (L), text embedding, timestep embedding, noised image embedding,
+     learned final query]
+
+each projected to the model width (independent of the CLIP dim), plus learned position
+embeddings. Attention is causal, and padded caption tokens are masked out as keys. The output
+at the final query, projected back to the CLIP dim, is the predicted unnoised image embedding
+(x0 prediction). For classifier-free guidance a learned null text embedding and learned null
+token encodings (all attended) replace the caption where `drop_text` is True.
+
+The model only sees normalised image embeddings; the scale / mean-std normalisation lives with
+the stage (`dalle2_jax.data.embeddings.EmbeddingNormalizer`). `scan_layers` stacks the blocks
+under one `nn.scan` (parameters get a leading 'layers' axis, replicated by the default rules),
+which keeps compile time flat in depth; `remat` recomputes each block in the backward pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from dalle2_jax.models.embeddings import timestep_embedding
+from dalle2_jax.models.layers import (
+    ACTIVATIONS,
+    TransformerBlock,
+    TransformerStack,
+    causal_mask,
+    dense,
+    layer_norm,
+    normal_init,
+)
+
+ACTIVATION_AXES = ("batch", "length", "embed")
+NUM_TAIL_TOKENS = 4  # text embedding, timestep, noised image embedding, final query
+
+
+@dataclasses.dataclass(frozen=True)
+class PriorConfig:
+    """Shape of the prior. Defaults: the paper's 1B prior on ViT-L/14 CLIP (see
+    configs/prior_paper.py).
+
+    clip_dim: CLIP joint-space dim D of the text / image embeddings.
+    text_len, text_width: number L and width W of the CLIP caption token encodings.
+    width, depth, heads, mlp_dim: the transformer (mlp_dim 0 means 4 * width).
+    use_text_encodings: False conditions on the text embedding alone (no caption tokens).
+    time_embed_dim: size of the sinusoidal timestep features fed to the timestep MLP.
+    dtype: compute dtype of the matmuls ("bfloat16" on accelerators); params stay float32.
+    """
+
+    clip_dim: int = 768
+    text_len: int = 77
+    text_width: int = 768
+    width: int = 2048
+    depth: int = 20
+    heads: int = 32
+    mlp_dim: int = 0
+    use_text_encodings: bool = True
+    time_embed_dim: int = 128
+    act: str = "gelu"
+    layer_norm_eps: float = 1e-5
+    dtype: str = "float32"
+    scan_layers: bool = False
+    remat: bool = False
+
+    def __post_init__(self):
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} is not divisible by heads {self.heads}.")
+        if self.act not in ACTIVATIONS:
+            raise ValueError(f"Unknown activation {self.act!r}; known: {sorted(ACTIVATIONS)}.")
+        if min(self.clip_dim, self.width, self.depth, self.time_embed_dim) < 1:
+            raise ValueError(f"Prior dimensions must be positive: {self}.")
+        if self.use_text_encodings and min(self.text_len, self.text_width) < 1:
+            raise ValueError("use_text_encodings needs text_len >= 1 and text_width >= 1.")
+
+    @property
+    def hidden_dim(self) -> int:
+        return self.mlp_dim or 4 * self.width
+
+    @property
+    def num_text_tokens(self) -> int:
+        """Caption token positions in the sequence (0 when conditioning on the embedding only)."""
+        return self.text_len if self.use_text_encodings else 0
+
+    @property
+    def seq_len(self) -> int:
+        return self.num_text_tokens + NUM_TAIL_TOKENS
+
+
+def prior_attention_mask(text_mask: jax.Array | None, num_tail: int = NUM_TAIL_TOKENS) -> jax.Array:
+    """Boolean [B or 1, 1, S, S] mask: causal, and padded caption tokens hidden as keys.
+
+    `text_mask` [B, L] (True = real token) covers the first L positions; the `num_tail`
+    positions after them (text embedding, timestep, noised embedding, query) are always valid.
+    """
+    if text_mask is None:
+        return causal_mask(num_tail)
+    keys = jnp.concatenate(
+        [text_mask.astype(bool), jnp.ones((text_mask.shape[0], num_tail), bool)], axis=1
+    )
+    return causal_mask(keys.shape[1]) & keys[:, None, None, :]
+
+
+def dummy_inputs(config: PriorConfig, batch: int = 1) -> tuple[jax.Array | None, ...]:
+    """Zero inputs of the right shapes for `init`: (x_t, t, text_embed, tokens, mask, drop)."""
+    tokens = mask = None
+    if config.use_text_encodings:
+        tokens = jnp.zeros((batch, config.text_len, config.text_width), jnp.float32)
+        mask = jnp.ones((batch, config.text_len), bool)
+    return (
+        jnp.zeros((batch, config.clip_dim), jnp.float32),
+        jnp.zeros((batch,), jnp.int32),
+        jnp.zeros((batch, config.clip_dim), jnp.float32),
+        tokens,
+        mask,
+        jnp.zeros((batch,), bool),
+    )
+
+
+class _ScannedBlocks(nn.Module):
+    """`depth` pre-LN blocks under one nn.scan (optionally remat); params [depth, ...]."""
+
+    config: PriorConfig
+    kernel_init: Any
+    out_kernel_init: Any
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
+        cfg = self.config
+        block_cls = nn.remat(TransformerBlock, prevent_cse=False) if cfg.remat else TransformerBlock
+        block = block_cls(
+            cfg.heads, cfg.hidden_dim, cfg.act, cfg.layer_norm_eps, jnp.dtype(cfg.dtype),
+            self.kernel_init, self.out_kernel_init, name="layers",
+        )
+
+        def body(module: nn.Module, carry: jax.Array, m: jax.Array):
+            return module(carry, m), None
+
+        scan = nn.scan(
+            body,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            in_axes=(nn.broadcast,),
+            length=cfg.depth,
+            metadata_params={nn.PARTITION_NAME: "layers"},
+        )
+        x, _ = scan(block, x, mask)
+        return x
+
+
+class DiffusionPrior(nn.Module):
+    """Predicts the unnoised (normalised) CLIP image embedding from x_t, t and the caption."""
+
+    config: PriorConfig
+
+    @nn.compact
+    def __call__(
+        self,
+        x_t: jax.Array,
+        t: jax.Array,
+        text_embed: jax.Array,
+        text_tokens: jax.Array | None = None,
+        text_mask: jax.Array | None = None,
+        drop_text: jax.Array | None = None,
+    ) -> jax.Array:
+        """x_t [B, D] noised embedding, t int [B] timesteps, text_embed [B, D], text_tokens
+        [B, L, W] and text_mask bool [B, L] (when `use_text_encodings`), drop_text bool [B]
+        (True: use the learned null caption) -> predicted x0 [B, D] in float32.
+
+        The final-LayerNorm hidden states [B, S, width] are sown as
+        ("intermediates", "hidden") for inspection.
+        """
+        cfg = self.config
+        dtype = jnp.dtype(cfg.dtype)
+        B = x_t.shape[0]
+        self._check_inputs(x_t, t, text_embed, text_tokens, text_mask)
+        drop = jnp.zeros((B,), bool) if drop_text is None else drop_text.astype(bool)
+        width = cfg.width
+
+        def project(x: jax.Array, name: str) -> jax.Array:
+            return dense(width, (None, "embed"), dtype=dtype, name=name)(x.astype(dtype))
+
+        def learned(name: str, shape: tuple[int, ...], names: tuple[str | None, ...]):
+            init = nn.with_logical_partitioning(normal_init(width**-0.5), names)
+            return self.param(name, init, shape, jnp.float32).astype(jnp.float32)
+
+        # Conditioning: the caption, or the learned null caption where drop_text is set.
+        text = project(text_embed, "text_embed_proj").astype(jnp.float32)
+        null_text = learned("null_text_embed", (width,), ("embed",))
+        parts = [jnp.where(drop[:, None], null_text[None], text)[:, None]]
+        mask = None
+        if cfg.use_text_encodings:
+            real = text_mask.astype(bool)
+            # Zero padded encodings so arbitrary values (even NaN) there cannot leak through V.
+            tokens = jnp.where(real[..., None], text_tokens.astype(jnp.float32), 0.0)
+            tokens = project(tokens, "text_tokens_proj").astype(jnp.float32)
+            null_tokens = learned("null_text_tokens", (cfg.text_len, width), (None, "embed"))
+            tokens = jnp.where(drop[:, None, None], null_tokens[None], tokens)
+            mask = jnp.where(drop[:, None], True, real)
+            parts.insert(0, tokens)
+
+        temb = timestep_embedding(t, cfg.time_embed_dim)
+        temb = dense(width, (None, "mlp"), dtype=dtype, name="time_mlp_in")(temb.astype(dtype))
+        temb = dense(width, ("mlp", "embed"), dtype=dtype, name="time_mlp_out")(nn.silu(temb))
+        query = learned("final_query", (width,), ("embed",))
+        parts += [
+            temb.astype(jnp.float32)[:, None],
+            project(x_t, "image_embed_proj").astype(jnp.float32)[:, None],
+            jnp.broadcast_to(query, (B, 1, width)),
+        ]
+        x = jnp.concatenate(parts, axis=1)
+        positions = learned("position_embedding", (cfg.seq_len, width), (None, "embed"))
+        x = nn.with_logical_constraint(x + positions[None], ACTIVATION_AXES)
+
+        x = self._blocks()(x, prior_attention_mask(mask))
+        hidden = layer_norm(cfg.layer_norm_eps, name="final_layer_norm")(x)
+        hidden = nn.with_logical_constraint(hidden, ACTIVATION_AXES)
+        self.sow("intermediates", "hidden", hidden)
+        out = dense(cfg.clip_dim, ("embed", None), dtype=jnp.float32, name="out_proj")
+        return out(hidden[:, -1]).astype(jnp.float32)
+
+    def _blocks(self) -> nn.Module:
+        cfg = self.config
+        std = cfg.width**-0.5
+        inits = dict(kernel_init=normal_init(std),
+                     out_kernel_init=normal_init(std * (2 * cfg.depth) ** -0.5))
+        if cfg.scan_layers:
+            return _ScannedBlocks(cfg, name="transformer", **inits)
+        return TransformerStack(
+            depth=cfg.depth, num_heads=cfg.heads, mlp_dim=cfg.hidden_dim, act=cfg.act,
+            layer_norm_eps=cfg.layer_norm_eps, dtype=jnp.dtype(cfg.dtype), remat=cfg.remat,
+            name="transformer", **inits,
+        )
+
+    def _check_inputs(self, x_t, t, text_embed, text_tokens, text_mask) -> None:
+        cfg = self.config
+        B, D = x_t.shape[0], cfg.clip_dim
+        expected = {"x_t": (B, D), "t": (B,), "text_embed": (B, D)}
+        got = {"x_t": x_t.shape, "t": t.shape, "text_embed": text_embed.shape}
+        if cfg.use_text_encodings:
+            if text_tokens is None or text_mask is None:
+                raise ValueError("This prior conditions on caption token encodings: pass "
+                                 "text_tokens and text_mask (or set use_text_encodings=False).")
+            expected |= {"text_tokens": (B, cfg.text_len, cfg.text_width),
+                         "text_mask": (B, cfg.text_len)}
+            got |= {"text_tokens": text_tokens.shape, "text_mask": text_mask.shape}
+        for name, shape in expected.items():
+            if tuple(got[name]) != shape:
+                raise ValueError(f"Prior input {name} has shape {tuple(got[name])}, expected "
+                                 f"{shape} (clip_dim={D}, text_len={cfg.text_len}, "
+                                 f"text_width={cfg.text_width}).")
+
+
+def param_count_abstract(config: PriorConfig) -> int:
+    """Parameter count of a prior config without allocating it (`jax.eval_shape`)."""
+    model = DiffusionPrior(config)
+    shapes = jax.eval_shape(lambda r: model.init(r, *dummy_inputs(config)), jax.random.key(0))
+    return sum(int(x.size) for x in jax.tree.leaves(nn.unbox(shapes["params"])))
+
+
+__all__ = [
+    "DiffusionPrior",
+    "PriorConfig",
+    "dummy_inputs",
+    "param_count_abstract",
+    "prior_attention_mask",
+]

@@ -1,0 +1,164 @@
+"""CLIP stage: contrastive training of the text and image towers (symmetric InfoNCE).
+
+The loss runs on the *global* batch under `jit`: each caption is contrasted with every image
+of the global batch, so negatives come from all devices and hosts (GSPMD inserts the
+all-gather). The logit scale is learned and clipped at 100, as in OpenAI's CLIP. On the
+embedded shapes dataset a BPE tokenizer is trained on captions and saved in the workdir.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from dalle2_jax.data.shapes import ShapesSource
+from dalle2_jax.data.shapes_captions import caption
+from dalle2_jax.models.clip import (
+    CLIP,
+    CLIPConfig,
+    CLIPTextConfig,
+    CLIPVisionConfig,
+    dummy_inputs,
+    preprocess_images,
+)
+from dalle2_jax.stages import register
+from dalle2_jax.stages.base import Stage
+from dalle2_jax.text import CaptionBpeTokenizer, Tokenizer
+
+log = logging.getLogger(__name__)
+
+MAX_LOGIT_SCALE = float(np.log(100.0))
+TOKENIZER_FILE = "tokenizer.json"
+
+
+def clip_config_from(cfg: ml_collections.ConfigDict, tokenizer: Tokenizer | None) -> CLIPConfig:
+    """CLIPConfig from `config.model` (text/vision sub-dicts), vocabulary from the tokenizer."""
+    text = dict(cfg.text)
+    if tokenizer is not None:
+        text.update(
+            vocab_size=tokenizer.vocab_size,
+            eos_token_id=tokenizer.eos_token_id,
+            context_length=tokenizer.context_length,
+            pooling="eos",
+        )
+    return CLIPConfig(
+        text=CLIPTextConfig(**text),
+        vision=CLIPVisionConfig(**dict(cfg.vision)),
+        embed_dim=cfg.embed_dim,
+        dtype=cfg.get("dtype", "float32"),
+        remat=cfg.get("remat", False),
+    )
+
+
+def caption_tokenizer(workdir: Path | None, config: ml_collections.ConfigDict) -> Tokenizer:
+    """The workdir's caption tokenizer, trained on training captions on first use."""
+    path = None if workdir is None else workdir / TOKENIZER_FILE
+    ctx = config.model.text.context_length
+    if path is not None and path.exists():
+        return CaptionBpeTokenizer.load(path, context_length=ctx)
+    source = ShapesSource(seed=config.seed, image_size=8, split="train")
+    captions = [caption(source.scene(i)) for i in range(config.data.tokenizer_captions)]
+    tok = CaptionBpeTokenizer.train(captions, vocab_size=config.data.vocab_size, context_length=ctx)
+    if path is not None and jax.process_index() == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tok.save(path)
+        log.info("Trained a %d-token caption BPE tokenizer: %s", tok.vocab_size, path)
+    return tok
+
+
+class TokenizedSource:
+    """Wraps an image–caption source: adds `ids` and `mask` for the caption."""
+
+    def __init__(self, source, tokenizer: Tokenizer):
+        self.source, self.tokenizer = source, tokenizer
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def stats(self) -> dict[str, int]:
+        return self.source.stats() if hasattr(self.source, "stats") else {}
+
+    def __getitem__(self, index: int) -> dict:
+        example = dict(self.source[index])
+        ids, mask = self.tokenizer([example["caption"]])
+        example["ids"], example["mask"] = ids[0], mask[0]
+        return example
+
+
+def contrastive_loss(logits_per_text: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Symmetric InfoNCE over a [B, B] logit matrix; also returns caption->image top-1."""
+    labels = jnp.arange(logits_per_text.shape[0])
+    t2i = optax.softmax_cross_entropy_with_integer_labels(logits_per_text, labels)
+    i2t = optax.softmax_cross_entropy_with_integer_labels(logits_per_text.T, labels)
+    accuracy = jnp.mean(jnp.argmax(logits_per_text, axis=-1) == labels)
+    return 0.5 * (jnp.mean(t2i) + jnp.mean(i2t)), accuracy
+
+
+@register("clip")
+class ClipStage(Stage):
+    def __init__(self, config, workdir=None):
+        super().__init__(config, workdir)
+        self.tokenizer = caption_tokenizer(self.workdir, config)
+        self.clip_config = clip_config_from(config.model, self.tokenizer)
+        self.model = CLIP(self.clip_config)
+
+    def init(self, rng):
+        return self.model.init(rng, *dummy_inputs(self.clip_config))["params"]
+
+    def _embed(self, params, batch):
+        images = preprocess_images(batch["image"], self.clip_config.vision.image_size)
+        out = self.model.apply({"params": params}, batch["ids"], images, batch["mask"])
+        return out["text_embeds"], out["image_embeds"]
+
+    def loss(self, params, batch, rng):
+        del rng
+        text, image = self._embed(params, batch)
+        scale = jnp.exp(jnp.minimum(params["logit_scale"], MAX_LOGIT_SCALE))
+        loss, accuracy = contrastive_loss(scale * text @ image.T)
+        return loss, {"logit_scale": scale, "batch_top1": accuracy}
+
+    def batch_spec(self):
+        size, ctx = self.config.data.image_size, self.clip_config.text.context_length
+        return {
+            "image": jax.ShapeDtypeStruct((size, size, 3), jnp.float32),
+            "ids": jax.ShapeDtypeStruct((ctx,), jnp.int32),
+            "mask": jax.ShapeDtypeStruct((ctx,), jnp.bool_),
+        }
+
+    def source(self, split):
+        shapes = ShapesSource(
+            seed=self.config.seed, image_size=self.config.data.image_size, split=split
+        )
+        return TokenizedSource(shapes, self.tokenizer)
+
+    def evaluate(self, params, rng):
+        """Zero-shot caption->image retrieval top-1 / top-5 among held-out (never trained on)
+        and seen-combination pairs."""
+        del rng
+        metrics = {}
+        embed = jax.jit(self._embed)
+        n = self.config.eval.num_examples
+        for split in ("eval", "eval_seen"):
+            src = self.source(split)
+            examples = [src[i] for i in range(n)]
+            batch = {k: np.stack([e[k] for e in examples]) for k in ("image", "ids", "mask")}
+            text, image = (np.asarray(x) for x in embed(params, batch))
+            sims = text @ image.T
+            rank = (sims > np.diag(sims)[:, None]).sum(axis=1)
+            name = "heldout" if split == "eval" else "seen"
+            metrics[f"retrieval_top1_{name}"] = float(np.mean(rank == 0))
+            metrics[f"retrieval_top5_{name}"] = float(np.mean(rank < 5))
+        return metrics
+
+
+def param_count_abstract(config: CLIPConfig) -> int:
+    """Parameter count of a CLIP config without allocating it (`jax.eval_shape`)."""
+    model = CLIP(config)
+    shapes = jax.eval_shape(lambda r: model.init(r, *dummy_inputs(config)), jax.random.key(0))
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))

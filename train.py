@@ -3,6 +3,8 @@
 python train.py --config configs/toy.py[:variant] --workdir runs/toy [--config.field=value ...]
 """
 
+import logging as std_logging
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -16,7 +18,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
     del argv
-    logging.set_verbosity(logging.INFO)
+    logging.set_verbosity(logging.WARNING)  # library chatter (orbax, grain) off
+    std_logging.getLogger("dalle2_jax").setLevel(std_logging.INFO)
     train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 

@@ -1,0 +1,116 @@
+"""Precompute CLIP embeddings of an image–caption source into embedding shards.
+
+Training the prior and the decoder at scale reads CLIP embeddings computed once, not CLIP in
+the loop. Example i of the written shards is example i of the (unshuffled) source, so stages
+that also need the image (the decoder) pair them by index. Resumable: a rerun skips the
+examples already in complete shards.
+
+  python -m dalle2_jax.data.precompute --clip-workdir runs/shapes --source shapes:train:64 \\
+      --num-examples 20000 --out runs/shapes/embeddings/train
+  python -m dalle2_jax.data.precompute --hf-clip path/to/clip-vit-large-patch14 \\
+      --source "webdataset:/data/shards/{00000..00099}.tar:224" --num-examples 1000000 --out emb/
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from dalle2_jax.data.embeddings import ShardWriter
+from dalle2_jax.encoders import ClipEncoder
+
+
+def open_source(spec: str):
+    """`shapes:SPLIT:SIZE[:SEED]`, `webdataset:GLOB:SIZE`, `folder:DIR:SIZE` or
+    `tfds:NAME:SIZE[:SPLIT]` -> a random-access image–caption source."""
+    kind, _, rest = spec.partition(":")
+    if kind == "shapes":
+        from dalle2_jax.data.shapes import ShapesSource
+
+        split, size, *seed = rest.split(":")
+        return ShapesSource(seed=int(seed[0]) if seed else 0, image_size=int(size), split=split)
+    location, _, size = rest.rpartition(":")
+    if kind == "webdataset":
+        from dalle2_jax.data.webdataset import WebDatasetSource
+
+        return WebDatasetSource(location, int(size))
+    if kind == "folder":
+        from dalle2_jax.data.folder import FolderSource
+
+        return FolderSource(location, int(size))
+    if kind == "tfds":
+        from dalle2_jax.data.tfds import TfdsSource
+
+        name, _, split = location.partition(":")
+        return TfdsSource(name, int(size), split=split or "train")
+    raise ValueError(f"Unknown source {spec!r}; use shapes:, webdataset:, folder: or tfds:.")
+
+
+def precompute_embeddings(
+    encoder: ClipEncoder,
+    source,
+    out_dir: str,
+    *,
+    num_examples: int,
+    batch_size: int = 256,
+    shard_size: int = 10_000,
+    progress: bool = True,
+) -> int:
+    """Encode examples [0, num_examples) of `source` into shards under `out_dir`; returns the
+    number of examples on disk. Continues after the complete shards of an earlier run."""
+    num_examples = min(num_examples, len(source))
+    writer = ShardWriter(out_dir, shard_size=shard_size, clip_model=encoder.name)
+    start = writer.num_complete
+    with (
+        writer,
+        tqdm(
+            total=num_examples, initial=start, unit="ex", desc="embed", disable=not progress
+        ) as bar,
+    ):
+        for lo in range(start, num_examples, batch_size):
+            examples = [source[i] for i in range(lo, min(lo + batch_size, num_examples))]
+            images = np.stack([e["image"] for e in examples])
+            captions = [e["caption"] for e in examples]
+            writer.add(**encoder.encode(images, captions), captions=captions)
+            bar.update(len(examples))
+    return ShardWriter(out_dir, shard_size=shard_size).num_complete
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--clip-workdir", help="workdir of a CLIP stage trained with train.py")
+    which.add_argument("--hf-clip", help="Hugging Face CLIP checkpoint directory")
+    parser.add_argument("--source", required=True, help="e.g. shapes:train:64 (see open_source)")
+    parser.add_argument("--out", required=True, help="output directory of embedding shards")
+    parser.add_argument("--num-examples", type=int, required=True)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--shard-size", type=int, default=10_000)
+    args = parser.parse_args(argv)
+    try:
+        encoder = (
+            ClipEncoder.from_clip_workdir(args.clip_workdir)
+            if args.clip_workdir
+            else ClipEncoder.from_hf(args.hf_clip)
+        )
+        source = open_source(args.source)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    n = precompute_embeddings(
+        encoder,
+        source,
+        args.out,
+        num_examples=args.num_examples,
+        batch_size=args.batch_size,
+        shard_size=args.shard_size,
+    )
+    print(f"{n} examples embedded in {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -20,33 +20,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from dalle2_jax.data.embeddings import ShardWriter
+from dalle2_jax.data.sources import open_source
 from dalle2_jax.encoders import ClipEncoder
-
-
-def open_source(spec: str):
-    """`shapes:SPLIT:SIZE[:SEED]`, `webdataset:GLOB:SIZE`, `folder:DIR:SIZE` or
-    `tfds:NAME:SIZE[:SPLIT]` -> a random-access image–caption source."""
-    kind, _, rest = spec.partition(":")
-    if kind == "shapes":
-        from dalle2_jax.data.shapes import ShapesSource
-
-        split, size, *seed = rest.split(":")
-        return ShapesSource(seed=int(seed[0]) if seed else 0, image_size=int(size), split=split)
-    location, _, size = rest.rpartition(":")
-    if kind == "webdataset":
-        from dalle2_jax.data.webdataset import WebDatasetSource
-
-        return WebDatasetSource(location, int(size))
-    if kind == "folder":
-        from dalle2_jax.data.folder import FolderSource
-
-        return FolderSource(location, int(size))
-    if kind == "tfds":
-        from dalle2_jax.data.tfds import TfdsSource
-
-        name, _, split = location.partition(":")
-        return TfdsSource(name, int(size), split=split or "train")
-    raise ValueError(f"Unknown source {spec!r}; use shapes:, webdataset:, folder: or tfds:.")
 
 
 def precompute_embeddings(

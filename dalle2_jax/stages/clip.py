@@ -19,6 +19,7 @@ import optax
 
 from dalle2_jax.data.shapes import ShapesSource
 from dalle2_jax.data.shapes_captions import caption
+from dalle2_jax.data.sources import open_source
 from dalle2_jax.models.clip import (
     CLIP,
     CLIPConfig,
@@ -29,7 +30,7 @@ from dalle2_jax.models.clip import (
 )
 from dalle2_jax.stages import register
 from dalle2_jax.stages.base import Stage
-from dalle2_jax.text import CaptionBpeTokenizer, Tokenizer
+from dalle2_jax.text import CaptionBpeTokenizer, Tokenizer, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +58,12 @@ def clip_config_from(cfg: ml_collections.ConfigDict, tokenizer: Tokenizer | None
 
 
 def caption_tokenizer(workdir: Path | None, config: ml_collections.ConfigDict) -> Tokenizer:
-    """The workdir's caption tokenizer, trained on training captions on first use."""
-    path = None if workdir is None else workdir / TOKENIZER_FILE
+    """`config.data.tokenizer` (a CLIP checkpoint directory or caption-BPE .json) if set, else
+    the workdir's caption tokenizer, trained on shapes training captions on first use."""
     ctx = config.model.text.context_length
+    if config.data.get("tokenizer"):
+        return load_tokenizer(config.data.tokenizer, ctx)
+    path = None if workdir is None else workdir / TOKENIZER_FILE
     if path is not None and path.exists():
         return CaptionBpeTokenizer.load(path, context_length=ctx)
     source = ShapesSource(seed=config.seed, image_size=8, split="train")
@@ -132,10 +136,16 @@ class ClipStage(Stage):
         }
 
     def source(self, split):
-        shapes = ShapesSource(
-            seed=self.config.seed, image_size=self.config.data.image_size, split=split
-        )
-        return TokenizedSource(shapes, self.tokenizer)
+        """`config.data.train_source` / `eval_source` (see `data.sources.open_source`) if set,
+        else the embedded shapes dataset's split."""
+        spec = self.config.data.get(f"{split}_source")
+        if spec:
+            images = open_source(spec)
+        else:
+            images = ShapesSource(
+                seed=self.config.seed, image_size=self.config.data.image_size, split=split
+            )
+        return TokenizedSource(images, self.tokenizer)
 
     def evaluate(self, params, rng):
         """Zero-shot caption->image retrieval top-1 / top-5 among held-out (never trained on)
@@ -144,7 +154,8 @@ class ClipStage(Stage):
         metrics = {}
         embed = jax.jit(self._embed)
         n = self.config.eval.num_examples
-        for split in ("eval", "eval_seen"):
+        splits = ("eval",) if self.config.data.get("eval_source") else ("eval", "eval_seen")
+        for split in splits:
             src = self.source(split)
             examples = [src[i] for i in range(n)]
             batch = {k: np.stack([e[k] for e in examples]) for k in ("image", "ids", "mask")}

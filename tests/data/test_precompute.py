@@ -8,7 +8,8 @@ import pytest
 
 from configs import shapes
 from dalle2_jax.data.embeddings import EmbeddingShards
-from dalle2_jax.data.precompute import main, open_source
+from dalle2_jax.data.precompute import main
+from dalle2_jax.data.sources import open_source
 from dalle2_jax.encoders import ClipEncoder
 from dalle2_jax.models.clip import CLIP, preprocess_images
 from dalle2_jax.train.loop import train_and_evaluate

@@ -10,6 +10,7 @@ INSTALL_REQUIRES = [
     "chex>=0.1.90",
     "ml_collections>=1.0",
     "numpy>=2.0",
+    "scipy>=1.11",
     "pillow>=10",
     "tqdm>=4.66",
     "tensorboardX>=2.6",

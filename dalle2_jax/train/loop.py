@@ -57,7 +57,8 @@ class _SigtermFlag:
 
 
 def stage_workdir(config: ml_collections.ConfigDict, workdir: str | Path) -> Path:
-    return Path(workdir) / config.stage
+    """`workdir/<name>`: `config.name` if set (e.g. two upsamplers), else the stage's name."""
+    return Path(workdir) / (config.get("name") or config.stage)
 
 
 def _compile_step(train_step, state, shardings, batch_spec, mesh, rules, key, config):
@@ -204,7 +205,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     progress = tqdm(
         total=config.num_steps,
         initial=start_step,
-        desc=config.stage,
+        desc=config.get("name") or config.stage,
         unit="step",
         disable=jax.process_index() != 0 or not config.get("progress_bar", True),
         dynamic_ncols=True,

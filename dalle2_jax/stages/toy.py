@@ -76,8 +76,8 @@ class Denoiser(nn.Module):
 class ToyStage(Stage):
     """Eps-prediction diffusion on a Gaussian mixture (cosine schedule)."""
 
-    def __init__(self, config):
-        super().__init__(config)
+    def __init__(self, config, workdir=None):
+        super().__init__(config, workdir)
         m = config.model
         self.model = Denoiser(m.width, m.depth, dtype=jnp.dtype(m.get("dtype", "float32")))
         self.schedule = diffusion.make_schedule("cosine", config.diffusion.num_timesteps)

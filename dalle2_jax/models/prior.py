@@ -135,8 +135,14 @@ class _ScannedBlocks(nn.Module):
         cfg = self.config
         block_cls = nn.remat(TransformerBlock, prevent_cse=False) if cfg.remat else TransformerBlock
         block = block_cls(
-            cfg.heads, cfg.hidden_dim, cfg.act, cfg.layer_norm_eps, jnp.dtype(cfg.dtype),
-            self.kernel_init, self.out_kernel_init, name="layers",
+            cfg.heads,
+            cfg.hidden_dim,
+            cfg.act,
+            cfg.layer_norm_eps,
+            jnp.dtype(cfg.dtype),
+            self.kernel_init,
+            self.out_kernel_init,
+            name="layers",
         )
 
         def body(module: nn.Module, carry: jax.Array, m: jax.Array):
@@ -228,14 +234,21 @@ class DiffusionPrior(nn.Module):
     def _blocks(self) -> nn.Module:
         cfg = self.config
         std = cfg.width**-0.5
-        inits = dict(kernel_init=normal_init(std),
-                     out_kernel_init=normal_init(std * (2 * cfg.depth) ** -0.5))
+        inits = dict(
+            kernel_init=normal_init(std), out_kernel_init=normal_init(std * (2 * cfg.depth) ** -0.5)
+        )
         if cfg.scan_layers:
             return _ScannedBlocks(cfg, name="transformer", **inits)
         return TransformerStack(
-            depth=cfg.depth, num_heads=cfg.heads, mlp_dim=cfg.hidden_dim, act=cfg.act,
-            layer_norm_eps=cfg.layer_norm_eps, dtype=jnp.dtype(cfg.dtype), remat=cfg.remat,
-            name="transformer", **inits,
+            depth=cfg.depth,
+            num_heads=cfg.heads,
+            mlp_dim=cfg.hidden_dim,
+            act=cfg.act,
+            layer_norm_eps=cfg.layer_norm_eps,
+            dtype=jnp.dtype(cfg.dtype),
+            remat=cfg.remat,
+            name="transformer",
+            **inits,
         )
 
     def _check_inputs(self, x_t, t, text_embed, text_tokens, text_mask) -> None:
@@ -245,16 +258,22 @@ class DiffusionPrior(nn.Module):
         got = {"x_t": x_t.shape, "t": t.shape, "text_embed": text_embed.shape}
         if cfg.use_text_encodings:
             if text_tokens is None or text_mask is None:
-                raise ValueError("This prior conditions on caption token encodings: pass "
-                                 "text_tokens and text_mask (or set use_text_encodings=False).")
-            expected |= {"text_tokens": (B, cfg.text_len, cfg.text_width),
-                         "text_mask": (B, cfg.text_len)}
+                raise ValueError(
+                    "This prior conditions on caption token encodings: pass "
+                    "text_tokens and text_mask (or set use_text_encodings=False)."
+                )
+            expected |= {
+                "text_tokens": (B, cfg.text_len, cfg.text_width),
+                "text_mask": (B, cfg.text_len),
+            }
             got |= {"text_tokens": text_tokens.shape, "text_mask": text_mask.shape}
         for name, shape in expected.items():
             if tuple(got[name]) != shape:
-                raise ValueError(f"Prior input {name} has shape {tuple(got[name])}, expected "
-                                 f"{shape} (clip_dim={D}, text_len={cfg.text_len}, "
-                                 f"text_width={cfg.text_width}).")
+                raise ValueError(
+                    f"Prior input {name} has shape {tuple(got[name])}, expected "
+                    f"{shape} (clip_dim={D}, text_len={cfg.text_len}, "
+                    f"text_width={cfg.text_width})."
+                )
 
 
 def param_count_abstract(config: PriorConfig) -> int:

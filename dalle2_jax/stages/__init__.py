@@ -29,4 +29,4 @@ def get_stage(config: ml_collections.ConfigDict, workdir: str | Path | None = No
 
 
 def _import_builtin_stages() -> None:
-    from dalle2_jax.stages import clip, prior, toy  # noqa: F401
+    from dalle2_jax.stages import clip, decoder, prior, toy, upsampler  # noqa: F401

@@ -172,9 +172,11 @@ class PriorStage(Stage):
         if path is not None and path.exists():
             norm = EmbeddingNormalizer.load(path)
             if norm.kind != cfg.kind or norm.mean.shape != (dim,):
-                raise ValueError(f"{path} holds {norm.kind} statistics of dim "
-                                 f"{norm.mean.shape}, not mean_std of dim {dim}; remove it or "
-                                 "use another workdir.")
+                raise ValueError(
+                    f"{path} holds {norm.kind} statistics of dim "
+                    f"{norm.mean.shape}, not mean_std of dim {dim}; remove it or "
+                    "use another workdir."
+                )
             return norm
         count = int(cfg.get("num_examples", 10_000))
         norm = EmbeddingNormalizer.from_data(self.source("train").head(count)["image_embed"])
@@ -197,8 +199,10 @@ class PriorStage(Stage):
             raise ValueError(f"Unknown split {split!r}; the prior has 'train' and 'eval'.")
         directory = self.config.data.get(key)
         if not directory:
-            raise ValueError(f"config.data.{key} is not set: point it at a directory of CLIP "
-                             "embedding shards (dalle2_jax.data.embeddings.ShardWriter).")
+            raise ValueError(
+                f"config.data.{key} is not set: point it at a directory of CLIP "
+                "embedding shards (dalle2_jax.data.embeddings.ShardWriter)."
+            )
         return PriorSource(EmbeddingShards(directory), self.batch_spec())
 
     def _apply(self, params, x_t, t, cond):
@@ -219,8 +223,20 @@ class PriorStage(Stage):
 
     # -- sampling ------------------------------------------------------------------------------
 
-    def _sample_program(self, params, text_embed, text_tokens, text_mask, key, *, num_steps,
-                        sampler, guidance_scale, best_of, select):
+    def _sample_program(
+        self,
+        params,
+        text_embed,
+        text_tokens,
+        text_mask,
+        key,
+        *,
+        num_steps,
+        sampler,
+        guidance_scale,
+        best_of,
+        select,
+    ):
         B, D = text_embed.shape
         tile = lambda x: None if x is None else jnp.tile(x, (best_of,) + (1,) * (x.ndim - 1))
         te, tok, mask = tile(text_embed), tile(text_tokens), tile(text_mask)
@@ -233,8 +249,14 @@ class PriorStage(Stage):
                 lambda x, t, c: self._apply(params, x, t, c), cond, null, guidance_scale
             )
         z = diffusion.sample(
-            self.schedule, model_fn, (best_of * B, D), key, sampler=sampler,
-            num_steps=num_steps, prediction="x0", x0_transform=None,
+            self.schedule,
+            model_fn,
+            (best_of * B, D),
+            key,
+            sampler=sampler,
+            num_steps=num_steps,
+            prediction="x0",
+            x0_transform=None,
         )
         candidates = self.normalizer.denormalize(z).reshape(best_of, B, D)
         if select:
@@ -252,16 +274,31 @@ class PriorStage(Stage):
         if int(opts["best_of"]) < 1:
             raise ValueError(f"best_of must be >= 1, got {opts['best_of']}.")
         return self._sample_jit(
-            params, jnp.asarray(text_embed, jnp.float32),
+            params,
+            jnp.asarray(text_embed, jnp.float32),
             None if text_tokens is None else jnp.asarray(text_tokens),
-            None if text_mask is None else jnp.asarray(text_mask, bool), key,
-            num_steps=int(opts["num_steps"]), sampler=str(opts["sampler"]),
-            guidance_scale=float(opts["guidance_scale"]), best_of=int(opts["best_of"]),
+            None if text_mask is None else jnp.asarray(text_mask, bool),
+            key,
+            num_steps=int(opts["num_steps"]),
+            sampler=str(opts["sampler"]),
+            guidance_scale=float(opts["guidance_scale"]),
+            best_of=int(opts["best_of"]),
             select=select,
         )
 
-    def sample(self, params, text_embed, text_tokens, text_mask, key, *, num_steps=None,
-               sampler=None, guidance_scale=None, best_of=None) -> jax.Array:
+    def sample(
+        self,
+        params,
+        text_embed,
+        text_tokens,
+        text_mask,
+        key,
+        *,
+        num_steps=None,
+        sampler=None,
+        guidance_scale=None,
+        best_of=None,
+    ) -> jax.Array:
         """Unit-norm image embeddings [B, D] for captions (text_embed [B, D], text_tokens
         [B, L, W], text_mask [B, L]; tokens / mask may be None for a text-embedding-only prior).
 
@@ -270,20 +307,34 @@ class PriorStage(Stage):
         highest dot product with the text embedding. One jitted program per call; unset
         options come from `config.sample` (defaults 64 DDIM steps, scale 1, best of 2).
         """
-        settings = dict(num_steps=num_steps, sampler=sampler, guidance_scale=guidance_scale,
-                        best_of=best_of)
-        return self._sample_call(params, text_embed, text_tokens, text_mask, key, settings,
-                                 select=True)
+        settings = dict(
+            num_steps=num_steps, sampler=sampler, guidance_scale=guidance_scale, best_of=best_of
+        )
+        return self._sample_call(
+            params, text_embed, text_tokens, text_mask, key, settings, select=True
+        )
 
-    def sample_candidates(self, params, text_embed, text_tokens, text_mask, key, *,
-                          num_steps=None, sampler=None, guidance_scale=None,
-                          best_of=None) -> jax.Array:
+    def sample_candidates(
+        self,
+        params,
+        text_embed,
+        text_tokens,
+        text_mask,
+        key,
+        *,
+        num_steps=None,
+        sampler=None,
+        guidance_scale=None,
+        best_of=None,
+    ) -> jax.Array:
         """All `best_of` unit-norm candidates [best_of, B, D] that `sample` (same arguments,
         same key) chooses from."""
-        settings = dict(num_steps=num_steps, sampler=sampler, guidance_scale=guidance_scale,
-                        best_of=best_of)
-        return self._sample_call(params, text_embed, text_tokens, text_mask, key, settings,
-                                 select=False)
+        settings = dict(
+            num_steps=num_steps, sampler=sampler, guidance_scale=guidance_scale, best_of=best_of
+        )
+        return self._sample_call(
+            params, text_embed, text_tokens, text_mask, key, settings, select=False
+        )
 
     # -- evaluation ----------------------------------------------------------------------------
 
@@ -299,13 +350,20 @@ class PriorStage(Stage):
         chunk = int(self.config.eval.get("batch_size") or n)
         samples = []
         for i, start in enumerate(range(0, n, chunk)):
-            part = {k: v[start:start + chunk] for k, v in data.items()}
+            part = {k: v[start : start + chunk] for k, v in data.items()}
             rows = len(part["text_embed"])
             if rows < chunk:  # pad the last chunk: one compiled program for every chunk
-                part = {k: np.concatenate([v, np.repeat(v[-1:], chunk - rows, axis=0)])
-                        for k, v in part.items()}
-            out = self.sample(params, part["text_embed"], part.get("text_tokens"),
-                              part.get("text_mask"), jax.random.fold_in(rng, i))
+                part = {
+                    k: np.concatenate([v, np.repeat(v[-1:], chunk - rows, axis=0)])
+                    for k, v in part.items()
+                }
+            out = self.sample(
+                params,
+                part["text_embed"],
+                part.get("text_tokens"),
+                part.get("text_mask"),
+                jax.random.fold_in(rng, i),
+            )
             samples.append(np.asarray(out)[:rows])
         sampled = np.concatenate(samples)
         image = _unit(data["image_embed"])

@@ -1,0 +1,416 @@
+"""Decoder stage: images from CLIP image embeddings (+ caption tokens), unCLIP sec. 2.1.
+
+The GLIDE U-Net (`UNetConfig` from `config.model`, CLIP-conditioned, `learned_sigma`) is
+trained with the improved-DDPM hybrid loss (eps MSE + 0.001 * T * L_vlb). For classifier-free
+guidance the CLIP embedding is replaced by a learned null embedding with probability
+`config.model.image_drop_prob` (0.1) and the caption is dropped (text_mask all False) with
+probability `config.model.text_drop_prob` (0.5), independently.
+
+Data (`config.data.source`): "shapes" joins precomputed CLIP embeddings
+(`EmbeddingShards` in `config.data.embeddings_dir` / `eval_embeddings_dir`) with the shapes
+images re-rendered by index; the shards carry no source index, so they must have been written
+in index order from `ShapesSource(seed=config.seed, split=...)` (checked on the captions).
+"synthetic" draws embeddings whose images are a closed-form function of them (tests, demos).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from dalle2_jax import diffusion
+from dalle2_jax.data.embeddings import EmbeddingShards
+from dalle2_jax.data.shapes import ShapesSource
+from dalle2_jax.models.unet import UNet, UNetConfig
+from dalle2_jax.stages import register
+from dalle2_jax.stages.base import ExampleSource, Stage
+from dalle2_jax.stages.upsampler import unet_config_from
+
+STAGE_ONLY_MODEL_FIELDS = ("image_drop_prob", "text_drop_prob")
+SAMPLE_DEFAULTS = {"num_steps": 64, "sampler": "ddpm", "guidance_scale": 3.0}
+
+
+class Decoder(nn.Module):
+    """The U-Net plus the learned null CLIP embedding used where `drop_image` is True; a True
+    `drop_text` masks out the whole caption."""
+
+    config: UNetConfig
+
+    @nn.compact
+    def __call__(
+        self,
+        x,
+        t,
+        image_embed,
+        drop_image,
+        text_tokens=None,
+        text_mask=None,
+        drop_text=None,
+        train: bool = False,
+    ):
+        dim = self.config.clip_embed_dim
+        null = self.param(
+            "null_image_embed",
+            nn.with_logical_partitioning(nn.initializers.normal(dim**-0.5), ("embed",)),
+            (dim,),
+        )
+        embed = jnp.where(
+            drop_image[:, None], null[None].astype(jnp.float32), image_embed.astype(jnp.float32)
+        )
+        if text_tokens is not None:
+            text_tokens = text_tokens.astype(jnp.float32)
+            if text_mask is None:
+                text_mask = jnp.ones(text_tokens.shape[:2], bool)
+            if drop_text is not None:
+                text_mask = text_mask.astype(bool) & ~drop_text[:, None]
+        return UNet(self.config, name="unet")(
+            x, t, clip_embed=embed, text_tokens=text_tokens, text_mask=text_mask, train=train
+        )
+
+
+class SyntheticDecoderSource:
+    """Unit-norm random embeddings [D] with images that are a closed-form function of them:
+    a vertical gradient between two colours read from the embedding; optional random caption
+    tokens [L, W] (float16) with a random-length mask."""
+
+    def __init__(
+        self,
+        seed: int,
+        image_size: int,
+        embed_dim: int,
+        length: int,
+        text_len: int = 0,
+        text_width: int = 0,
+    ):
+        if embed_dim < 6:
+            raise ValueError(f"Synthetic decoder data needs embed_dim >= 6, got {embed_dim}.")
+        self.seed, self.size, self.dim, self.length = seed, image_size, embed_dim, length
+        self.text_len, self.text_width = text_len, text_width
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng([self.seed, int(index)])
+        embed = rng.standard_normal(self.dim).astype(np.float32)
+        embed /= np.linalg.norm(embed)
+        top, bottom = np.tanh(3 * embed[:3]), np.tanh(3 * embed[3:6])
+        w = np.linspace(0.0, 1.0, self.size, dtype=np.float32)[:, None, None]
+        image = np.broadcast_to((1 - w) * top + w * bottom, (self.size, self.size, 3))
+        example = {"image": image.astype(np.float32), "image_embed": embed}
+        if self.text_len:
+            tokens = rng.standard_normal((self.text_len, self.text_width))
+            example["text_tokens"] = tokens.astype(np.float16)
+            example["text_mask"] = np.arange(self.text_len) < rng.integers(1, self.text_len + 1)
+        return example
+
+
+class DecoderSource:
+    """Images from one source joined by index with embeddings from another of equal order."""
+
+    def __init__(self, images: ExampleSource, embeddings: EmbeddingShards, keys: tuple[str, ...]):
+        self.images, self.embeddings, self.keys = images, embeddings, keys
+        n = len(embeddings)
+        for i in {0, n - 1}:
+            caption = images[i].get("caption")
+            if caption is not None and caption != embeddings.caption(i):
+                raise ValueError(
+                    f"Embedding {i} in {embeddings.directory} has caption "
+                    f"{embeddings.caption(i)!r} but image {i} has {caption!r}: the shards were "
+                    "not written in index order from this image source (same seed and split)."
+                )
+
+    def __len__(self) -> int:
+        return len(self.embeddings)
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        example = {"image": np.asarray(self.images[index]["image"], np.float32)}
+        embeddings = self.embeddings[index]
+        example.update({k: embeddings[k] for k in self.keys if k != "image"})
+        return example
+
+
+@register("decoder")
+class DecoderStage(Stage):
+    def __init__(self, config: ml_collections.ConfigDict, workdir=None):
+        super().__init__(config, workdir)
+        model = {k: v for k, v in config.model.items() if k not in STAGE_ONLY_MODEL_FIELDS}
+        self.unet_config = unet_config_from(
+            model, image_size=config.data.image_size, learned_sigma=True, low_res_channels=None
+        )
+        if self.unet_config.clip_embed_dim is None:
+            raise ValueError("The decoder needs config.model.clip_embed_dim (CLIP width).")
+        self.model = Decoder(self.unet_config)
+        self.image_drop_prob = float(config.model.get("image_drop_prob", 0.1))
+        self.text_drop_prob = float(config.model.get("text_drop_prob", 0.5))
+        self.schedule = diffusion.make_schedule(
+            config.diffusion.get("schedule", "cosine"), config.diffusion.num_timesteps
+        )
+        self._sample_jit = jax.jit(
+            self._sample_program, static_argnames=("num_steps", "sampler", "guidance_scale")
+        )
+        self._eval_jit = jax.jit(self._eval_terms)
+
+    @property
+    def uses_text(self) -> bool:
+        return self.unet_config.text_embed_dim is not None
+
+    # -- training ------------------------------------------------------------------------------
+
+    def batch_spec(self):
+        s, d = self.config.data.image_size, self.unet_config.clip_embed_dim
+        spec = {
+            "image": jax.ShapeDtypeStruct((s, s, 3), jnp.float32),
+            "image_embed": jax.ShapeDtypeStruct((d,), jnp.float32),
+        }
+        if self.uses_text:
+            length = self.config.data.text_len
+            spec["text_tokens"] = jax.ShapeDtypeStruct(
+                (length, self.unet_config.text_embed_dim), jnp.float16
+            )
+            spec["text_mask"] = jax.ShapeDtypeStruct((length,), jnp.bool_)
+        return spec
+
+    def init(self, rng):
+        spec = self.batch_spec()
+        dummy = {k: jnp.zeros((1, *s.shape), s.dtype) for k, s in spec.items()}
+        return self.model.init(
+            rng,
+            dummy["image"],
+            jnp.zeros((1,), jnp.int32),
+            dummy["image_embed"],
+            jnp.zeros((1,), bool),
+            dummy.get("text_tokens"),
+            dummy.get("text_mask"),
+            jnp.zeros((1,), bool),
+        )["params"]
+
+    def source(self, split):
+        d = self.config.data
+        if split not in ("train", "eval"):
+            raise ValueError(f"Unknown split {split!r}; the decoder has 'train' and 'eval'.")
+        if d.get("source", "shapes") == "synthetic":
+            dims = (d.text_len, self.unet_config.text_embed_dim) if self.uses_text else (0, 0)
+            return SyntheticDecoderSource(
+                self.config.seed + (split == "eval"),
+                d.image_size,
+                self.unet_config.clip_embed_dim,
+                d.num_examples,
+                *dims,
+            )
+        key = {"train": "embeddings_dir", "eval": "eval_embeddings_dir"}[split]
+        if not d.get(key):
+            raise ValueError(
+                f"config.data.{key} is not set: point it at CLIP embedding shards "
+                "written from ShapesSource, or set config.data.source='synthetic'."
+            )
+        shards = EmbeddingShards(d[key])
+        self._check_dims(shards)
+        images = ShapesSource(seed=self.config.seed, image_size=d.image_size, split=split)
+        return DecoderSource(images, shards, tuple(self.batch_spec()))
+
+    def _check_dims(self, shards: EmbeddingShards) -> None:
+        meta, spec = shards.meta, self.batch_spec()
+        found = {
+            "image_embed": (meta["embed_dim"],),
+            "text_tokens": (meta["text_len"], meta["text_width"]),
+        }
+        for name, shape in found.items():
+            if name in spec and tuple(shape) != spec[name].shape:
+                raise ValueError(
+                    f"Embeddings in {shards.directory} have {name} of shape {shape}, but the "
+                    f"config expects {spec[name].shape}: set config.model.clip_embed_dim / "
+                    "text_embed_dim and config.data.text_len to match."
+                )
+
+    def _apply(self, params, x, t, cond, train: bool = False, rng=None):
+        embed, drop_image, tokens, mask, drop_text = cond
+        rngs = None if rng is None else {"dropout": rng}
+        return self.model.apply(
+            {"params": params},
+            x,
+            t,
+            embed,
+            drop_image,
+            tokens,
+            mask,
+            drop_text,
+            train=train,
+            rngs=rngs,
+        )
+
+    def loss(self, params, batch, rng):
+        key_image, key_text, key_dropout, key_diffusion = jax.random.split(rng, 4)
+        batch_size = batch["image"].shape[0]
+        drop_image = jax.random.bernoulli(key_image, self.image_drop_prob, (batch_size,))
+        drop_text = jax.random.bernoulli(key_text, self.text_drop_prob, (batch_size,))
+        cond = (
+            batch["image_embed"],
+            drop_image,
+            batch.get("text_tokens"),
+            batch.get("text_mask"),
+            drop_text,
+        )
+        model_fn = lambda x, t: self._apply(params, x, t, cond, True, key_dropout)
+        losses, terms = diffusion.training_loss(
+            self.schedule,
+            model_fn,
+            batch["image"],
+            key_diffusion,
+            prediction="eps",
+            learned_variance=True,
+        )
+        return jnp.mean(losses), {
+            "mse": jnp.mean(terms["mse"]),
+            "vlb": jnp.mean(terms["vlb"]),
+            "image_drop_fraction": jnp.mean(drop_image.astype(jnp.float32)),
+        }
+
+    # -- sampling ------------------------------------------------------------------------------
+
+    def conditional_fn(
+        self, params, image_embed, text_tokens=None, text_mask=None, guidance_scale: float = 1.0
+    ):
+        """model_fn(x, t) of the guided model: both halves in one batched call, unless the
+        scale is the python number 1 (the conditional model alone); a traced scale always
+        goes through the guidance wrapper."""
+        b = image_embed.shape[0]
+        cond = (image_embed, jnp.zeros((b,), bool), text_tokens, text_mask, jnp.zeros((b,), bool))
+        if isinstance(guidance_scale, int | float) and guidance_scale == 1.0:
+            return lambda x, t: self._apply(params, x, t, cond)
+        null = (image_embed, jnp.ones((b,), bool), text_tokens, text_mask, jnp.ones((b,), bool))
+        return diffusion.classifier_free_guidance(
+            lambda x, t, c: self._apply(params, x, t, c),
+            cond,
+            null,
+            guidance_scale,
+            learned_variance=True,
+        )
+
+    def _sample_program(
+        self,
+        params,
+        image_embed,
+        text_tokens,
+        text_mask,
+        key,
+        *,
+        num_steps,
+        sampler,
+        guidance_scale,
+    ):
+        s = self.config.data.image_size
+        model_fn = self.conditional_fn(params, image_embed, text_tokens, text_mask, guidance_scale)
+        return diffusion.sample(
+            self.schedule,
+            model_fn,
+            (image_embed.shape[0], s, s, 3),
+            key,
+            sampler=sampler,
+            num_steps=num_steps,
+            prediction="eps",
+            variance="learned_range",
+            x0_transform="clip",
+        )
+
+    def _check_inputs(self, image_embed, text_tokens, text_mask):
+        d = self.unet_config.clip_embed_dim
+        if image_embed.ndim != 2 or image_embed.shape[1] != d:
+            raise ValueError(
+                f"image_embed must be [B, {d}] (the CLIP width this decoder was "
+                f"built for), got {image_embed.shape}."
+            )
+        if not self.uses_text:
+            if text_tokens is not None:
+                raise ValueError(
+                    "text_tokens given, but this decoder has no text conditioning "
+                    "(config.model.text_embed_dim is None)."
+                )
+            return None, None
+        b, length, width = (
+            image_embed.shape[0],
+            self.config.data.text_len,
+            self.unet_config.text_embed_dim,
+        )
+        if text_tokens is None:  # caption dropped: the image embedding alone
+            return jnp.zeros((b, length, width), jnp.float32), jnp.zeros((b, length), bool)
+        text_tokens = jnp.asarray(text_tokens, jnp.float32)
+        if text_tokens.ndim != 3 or text_tokens.shape[0] != b or text_tokens.shape[2] != width:
+            raise ValueError(f"text_tokens must be [B={b}, L, {width}], got {text_tokens.shape}.")
+        if text_mask is None:
+            text_mask = jnp.ones(text_tokens.shape[:2], bool)
+        return text_tokens, jnp.asarray(text_mask, bool)
+
+    def sample(
+        self,
+        params,
+        image_embed,
+        key,
+        *,
+        text_tokens=None,
+        text_mask=None,
+        num_steps: int | None = None,
+        sampler: str | None = None,
+        guidance_scale: float | None = None,
+    ) -> jax.Array:
+        """Images [B, S, S, 3] in [-1, 1] for CLIP image embeddings [B, D] (and caption token
+        encodings [B, L, W] with mask [B, L]; omitted = caption dropped). "ddpm" uses the
+        learned variance; "ddim" drops it. Unset options come from `config.sample`."""
+        opts = {**SAMPLE_DEFAULTS, **dict(self.config.get("sample") or {})}
+        given = dict(num_steps=num_steps, sampler=sampler, guidance_scale=guidance_scale)
+        opts.update({k: v for k, v in given.items() if v is not None})
+        image_embed = jnp.asarray(image_embed, jnp.float32)
+        text_tokens, text_mask = self._check_inputs(image_embed, text_tokens, text_mask)
+        return self._sample_jit(
+            params,
+            image_embed,
+            text_tokens,
+            text_mask,
+            key,
+            num_steps=int(opts["num_steps"]),
+            sampler=str(opts["sampler"]),
+            guidance_scale=float(opts["guidance_scale"]),
+        )
+
+    # -- evaluation ----------------------------------------------------------------------------
+
+    def evaluate(self, params, rng):
+        """Denoising eps-MSE and L_vlb (bits/dim) of the conditional model on the first
+        `config.eval.num_examples` held-out examples at a few fixed timesteps."""
+        source = self.source("eval")
+        n = min(int(self.config.eval.num_examples), len(source))
+        examples = [source[i] for i in range(n)]
+        batch = {k: jnp.asarray(np.stack([e[k] for e in examples])) for k in self.batch_spec()}
+        T = self.schedule.num_timesteps
+        fractions = tuple(self.config.eval.get("t_fractions", (0.1, 0.5, 0.9)))
+        metrics = {}
+        for frac, key in zip(fractions, jax.random.split(rng, len(fractions)), strict=True):
+            t = jnp.full((n,), min(T - 1, int(frac * T)), jnp.int32)
+            mse, vlb = self._eval_jit(params, batch, key, t)
+            metrics[f"mse_t{frac:g}"], metrics[f"vlb_t{frac:g}"] = float(mse), float(vlb)
+        metrics["mse"] = float(np.mean([metrics[f"mse_t{f:g}"] for f in fractions]))
+        return metrics
+
+    def _eval_terms(self, params, batch, key, t):
+        b = batch["image"].shape[0]
+        no_drop = jnp.zeros((b,), bool)
+        cond = (
+            batch["image_embed"],
+            no_drop,
+            batch.get("text_tokens"),
+            batch.get("text_mask"),
+            no_drop,
+        )
+        _, terms = diffusion.training_loss(
+            self.schedule,
+            lambda x, tt: self._apply(params, x, tt, cond),
+            batch["image"],
+            key,
+            prediction="eps",
+            learned_variance=True,
+            t=t,
+        )
+        return jnp.mean(terms["mse"]), jnp.mean(terms["vlb"])

@@ -1,0 +1,121 @@
+"""Decoder stage: guidance against its definition (null embedding, dropped caption), conditioning
+reaching the samples, input checks, the shards-join source, and a few trainer steps."""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs.shapes_image_stages import decoder_config
+from dalle2_jax.data.embeddings import EmbeddingShards, ShardWriter
+from dalle2_jax.data.shapes import ShapesSource
+from dalle2_jax.stages import get_stage
+from dalle2_jax.stages.decoder import DecoderSource
+from dalle2_jax.train.loop import train_and_evaluate
+from dalle2_jax.train.metrics import read_metrics
+
+B = 2
+
+
+def _random_params(params, seed: int = 0):
+    """Non-zero params of the same shapes (the U-Net's output layer starts at zero)."""
+    rng = np.random.default_rng(seed)
+
+    def draw(path, leaf):
+        noise = rng.standard_normal(leaf.shape).astype(np.float32)
+        if path[-1].key == "kernel":
+            return jnp.asarray(noise / np.sqrt(math.prod(leaf.shape[:-1])))
+        return jnp.asarray(leaf + 0.1 * noise)
+
+    return jax.tree_util.tree_map_with_path(draw, params)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    stage = get_stage(decoder_config(tiny=True))
+    params = _random_params(nn.unbox(jax.jit(stage.init)(jax.random.key(0))))
+    source = stage.source("eval")
+    batch = {k: jnp.asarray(np.stack([source[i][k] for i in range(B)])) for k in source[0]}
+    return stage, params, batch
+
+
+def _inputs(batch, seed: int = 0):
+    x = jax.random.normal(jax.random.key(seed), batch["image"].shape)
+    return x, jnp.array([10, 70], jnp.int32)
+
+
+def test_guidance_matches_its_definition_with_null_embedding_and_dropped_caption(setup):
+    stage, params, batch = setup
+    x, t = _inputs(batch)
+    emb, tok, mask = batch["image_embed"], batch["text_tokens"], batch["text_mask"]
+
+    @jax.jit
+    def guided_fn(e, k, scale):  # a traced scale: the guidance wrapper even at 1
+        return stage.conditional_fn(params, e, k, mask, scale)(x, t)
+
+    fn = lambda scale, e=emb, k=tok: guided_fn(e, k, jnp.float32(scale))
+    no = jnp.zeros((B,), bool)
+    cond = jax.jit(stage._apply)(params, x, t, (emb, no, tok, mask, no))
+    np.testing.assert_allclose(fn(1.0), cond, atol=1e-5)
+    # The unconditional model ignores both the CLIP embedding and the caption.
+    uncond = fn(0.0)
+    other = fn(0.0, jnp.roll(emb, 1, axis=0), -tok)
+    np.testing.assert_allclose(uncond[..., :3], other[..., :3], atol=1e-5)
+    assert not np.allclose(uncond[..., :3], cond[..., :3], atol=1e-3)
+    guided = fn(3.0)
+    np.testing.assert_allclose(
+        guided[..., :3], uncond[..., :3] + 3.0 * (cond[..., :3] - uncond[..., :3]), atol=1e-4
+    )
+    np.testing.assert_allclose(guided[..., 3:], cond[..., 3:], atol=1e-5)  # variance: cond
+
+
+def test_samples_have_the_right_shape_and_depend_on_the_embedding(setup):
+    stage, params, batch = setup
+    key = jax.random.key(3)
+    kw = dict(text_tokens=batch["text_tokens"], text_mask=batch["text_mask"], num_steps=3)
+    a = np.asarray(stage.sample(params, batch["image_embed"], key, guidance_scale=2.0, **kw))
+    assert a.shape == (B, 8, 8, 3) and np.abs(a).max() <= 1.0
+    b = np.asarray(stage.sample(params, -batch["image_embed"], key, guidance_scale=2.0, **kw))
+    assert np.mean(np.abs(a - b)) > 1e-3
+    c = stage.sample(params, batch["image_embed"], key, sampler="ddim", num_steps=3)
+    assert c.shape == (B, 8, 8, 3) and np.all(np.isfinite(np.asarray(c)))
+
+
+def test_wrong_embedding_dimension_raises(setup):
+    stage, params, _ = setup
+    with pytest.raises(ValueError, match="image_embed must be"):
+        stage.sample(params, jnp.zeros((1, 7)), jax.random.key(0), num_steps=2)
+
+
+def test_source_joins_images_and_shards_by_index_and_checks_order(tmp_path):
+    images = ShapesSource(seed=0, image_size=8, split="eval")
+    n, dim = 3, 4
+    with ShardWriter(tmp_path / "emb", shard_size=2) as writer:
+        writer.add(
+            image_embed=np.eye(n, dim),
+            text_embed=np.eye(n, dim),
+            text_tokens=np.zeros((n, 2, 5)),
+            text_mask=np.ones((n, 2), bool),
+            captions=[images[i]["caption"] for i in range(n)],
+        )
+    shards = EmbeddingShards(tmp_path / "emb")
+    source = DecoderSource(images, shards, ("image", "image_embed"))
+    ex = source[2]
+    np.testing.assert_array_equal(ex["image"], images[2]["image"])
+    np.testing.assert_array_equal(ex["image_embed"], np.eye(n, dim)[2])
+    shuffled = ShapesSource(seed=1, image_size=8, split="eval")
+    with pytest.raises(ValueError, match="index order"):
+        DecoderSource(shuffled, shards, ("image", "image_embed"))
+
+
+def test_trainer_runs_and_reports_denoising_mse(tmp_path):
+    train_and_evaluate(decoder_config(tiny=True), tmp_path)
+    rows = read_metrics(tmp_path / "decoder")
+    assert all(np.isfinite(r["loss"]) for r in rows if "loss" in r)
+    last = rows[-1]
+    assert 0.0 < last["eval/mse"] < 10.0 and np.isfinite(last["eval/vlb_t0.5"])

@@ -22,8 +22,11 @@ UNUSUAL = [
 
 def bytes_to_unicode() -> dict[int, str]:
     """OpenAI's byte -> printable unicode map that CLIP's byte-level BPE works on."""
-    bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
-          *range(ord("®"), ord("ÿ") + 1)]
+    bs = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
     cs = bs[:]
     n = 0
     for b in range(256):
@@ -37,8 +40,17 @@ def bytes_to_unicode() -> dict[int, str]:
 @pytest.fixture(scope="module")
 def clip_vocab_dir(tmp_path_factory):
     """A tiny CLIP vocabulary built the way OpenAI's is: bytes, bytes + </w>, merges, specials."""
-    merges = [("p", "h"), ("ph", "o"), ("pho", "t"), ("phot", "o</w>"), ("o", "f</w>"),
-              ("c", "a"), ("ca", "t</w>"), ("t", "h"), ("th", "e</w>")]
+    merges = [
+        ("p", "h"),
+        ("ph", "o"),
+        ("pho", "t"),
+        ("phot", "o</w>"),
+        ("o", "f</w>"),
+        ("c", "a"),
+        ("ca", "t</w>"),
+        ("t", "h"),
+        ("th", "e</w>"),
+    ]
     chars = list(bytes_to_unicode().values())
     vocab = chars + [c + "</w>" for c in chars] + ["".join(m) for m in merges]
     vocab += ["<|startoftext|>", "<|endoftext|>"]
@@ -54,7 +66,8 @@ def test_clip_bpe_matches_transformers(clip_vocab_dir):
     with pytest.warns(UserWarning, match="of 6 texts exceed 10 tokens"):
         ids, mask = ours(UNUSUAL)
     reference = transformers.CLIPTokenizer.from_pretrained(str(path), local_files_only=True)(
-        UNUSUAL, padding="max_length", truncation=True, max_length=10)
+        UNUSUAL, padding="max_length", truncation=True, max_length=10
+    )
     np.testing.assert_array_equal(ids, np.array(reference["input_ids"]))
     np.testing.assert_array_equal(mask, np.array(reference["attention_mask"], bool))
     assert ids.dtype == np.int32 and mask.dtype == bool and ids.shape == (6, 10)
@@ -74,9 +87,13 @@ def test_clip_bpe_survives_lone_surrogates(clip_vocab_dir):
 
 
 def test_caption_bpe_train_save_load(tmp_path):
-    captions = [f"a {size} {color} {shape} next to a {color2} {shape}"
-                for size in ("small", "large") for color in ("red", "green", "blue")
-                for color2 in ("yellow", "purple") for shape in ("circle", "square", "triangle")]
+    captions = [
+        f"a {size} {color} {shape} next to a {color2} {shape}"
+        for size in ("small", "large")
+        for color in ("red", "green", "blue")
+        for color2 in ("yellow", "purple")
+        for shape in ("circle", "square", "triangle")
+    ]
     trained = CaptionBpeTokenizer.train(captions, vocab_size=400, context_length=24)
     trained.save(tmp_path / "run" / "tokenizer.json")
     loaded = load_tokenizer(tmp_path / "run" / "tokenizer.json", context_length=24)

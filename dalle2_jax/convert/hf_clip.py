@@ -135,9 +135,7 @@ def _to_hf(leaf: str, x: np.ndarray) -> np.ndarray:
 
 def abstract_params(config: CLIPConfig) -> Params:
     """Shapes and dtypes of the model's params (no memory, no compute)."""
-    variables = jax.eval_shape(
-        lambda: CLIP(config).init(jax.random.key(0), *dummy_inputs(config))
-    )
+    variables = jax.eval_shape(lambda: CLIP(config).init(jax.random.key(0), *dummy_inputs(config)))
     return nn.unbox(variables)["params"]
 
 
@@ -168,7 +166,8 @@ def state_dict_to_params(state: Mapping[str, np.ndarray], config: CLIPConfig) ->
         problems.append(f"shape mismatches {bad_shape}")
     if problems:
         raise ValueError(
-            "Checkpoint does not match the CLIP config: " + "; ".join(problems)
+            "Checkpoint does not match the CLIP config: "
+            + "; ".join(problems)
             + ". Check that config.json belongs to these weights (a HF CLIPModel checkpoint)."
         )
     return traverse_util.unflatten_dict(params)

@@ -199,13 +199,19 @@ def _square(value: int | list[int] | tuple[int, ...], what: str) -> int:
     return int(value[0])
 
 
-def _openai(patch: int, image: int, vision_width: int, vision_layers: int, text_width: int,
-            embed_dim: int) -> CLIPConfig:
+def _openai(
+    patch: int, image: int, vision_width: int, vision_layers: int, text_width: int, embed_dim: int
+) -> CLIPConfig:
     return CLIPConfig(
         text=CLIPTextConfig(width=text_width, heads=text_width // 64, mlp_dim=4 * text_width),
-        vision=CLIPVisionConfig(image_size=image, patch_size=patch, width=vision_width,
-                                layers=vision_layers, heads=vision_width // 64,
-                                mlp_dim=4 * vision_width),
+        vision=CLIPVisionConfig(
+            image_size=image,
+            patch_size=patch,
+            width=vision_width,
+            layers=vision_layers,
+            heads=vision_width // 64,
+            mlp_dim=4 * vision_width,
+        ),
         embed_dim=embed_dim,
     )
 
@@ -220,16 +226,26 @@ CLIP_PRESETS: dict[str, CLIPConfig] = {
     # blocks; text width 1024, 24 blocks; joint space 1024. About 1.0B parameters.
     "dalle2_vit_h16": CLIPConfig(
         text=CLIPTextConfig(width=1024, layers=24, heads=16, mlp_dim=4096, act="gelu"),
-        vision=CLIPVisionConfig(image_size=256, patch_size=16, width=1280, layers=32, heads=16,
-                                mlp_dim=5120, act="gelu"),
+        vision=CLIPVisionConfig(
+            image_size=256, patch_size=16, width=1280, layers=32, heads=16, mlp_dim=5120, act="gelu"
+        ),
         embed_dim=1024,
     ),
     # For tests and CPU smoke runs.
     "tiny": CLIPConfig(
-        text=CLIPTextConfig(vocab_size=128, context_length=16, width=32, layers=2, heads=4,
-                            mlp_dim=64, eos_token_id=1, pooling="eos"),
-        vision=CLIPVisionConfig(image_size=32, patch_size=8, width=32, layers=2, heads=4,
-                                mlp_dim=64),
+        text=CLIPTextConfig(
+            vocab_size=128,
+            context_length=16,
+            width=32,
+            layers=2,
+            heads=4,
+            mlp_dim=64,
+            eos_token_id=1,
+            pooling="eos",
+        ),
+        vision=CLIPVisionConfig(
+            image_size=32, patch_size=8, width=32, layers=2, heads=4, mlp_dim=64
+        ),
         embed_dim=32,
     ),
 }
@@ -253,9 +269,15 @@ def _stack(cfg: CLIPTextConfig | CLIPVisionConfig, dtype: Any, remat: bool) -> T
     """Encoder with OpenAI CLIP's init: std width^-0.5, residual outputs / sqrt(2 * layers)."""
     std = cfg.width**-0.5
     return TransformerStack(
-        depth=cfg.layers, num_heads=cfg.heads, mlp_dim=cfg.mlp_dim, act=cfg.act,
-        layer_norm_eps=cfg.layer_norm_eps, dtype=dtype, remat=remat,
-        kernel_init=normal_init(std), out_kernel_init=normal_init(std * (2 * cfg.layers) ** -0.5),
+        depth=cfg.layers,
+        num_heads=cfg.heads,
+        mlp_dim=cfg.mlp_dim,
+        act=cfg.act,
+        layer_norm_eps=cfg.layer_norm_eps,
+        dtype=dtype,
+        remat=remat,
+        kernel_init=normal_init(std),
+        out_kernel_init=normal_init(std * (2 * cfg.layers) ** -0.5),
         name="encoder",
     )
 
@@ -274,14 +296,20 @@ class CLIPTextEmbeddings(nn.Module):
     @nn.compact
     def __call__(self, ids: jax.Array) -> jax.Array:
         cfg = self.config
-        table = nn.Embed(cfg.vocab_size, cfg.width, name="token_embedding",
-                         embedding_init=nn.with_logical_partitioning(
-                             normal_init(0.02), ("vocab", "embed"))).embedding
+        table = nn.Embed(
+            cfg.vocab_size,
+            cfg.width,
+            name="token_embedding",
+            embedding_init=nn.with_logical_partitioning(normal_init(0.02), ("vocab", "embed")),
+        ).embedding
         table = nn.with_logical_constraint(table.astype(self.dtype), (None, None))
-        positions = nn.Embed(cfg.context_length, cfg.width, dtype=self.dtype,
-                             name="position_embedding",
-                             embedding_init=nn.with_logical_partitioning(
-                                 normal_init(0.01), (None, "embed")))(jnp.arange(ids.shape[-1]))
+        positions = nn.Embed(
+            cfg.context_length,
+            cfg.width,
+            dtype=self.dtype,
+            name="position_embedding",
+            embedding_init=nn.with_logical_partitioning(normal_init(0.01), (None, "embed")),
+        )(jnp.arange(ids.shape[-1]))
         return jnp.take(table, ids, axis=0) + positions[None]
 
 
@@ -323,20 +351,34 @@ class CLIPVisionEmbeddings(nn.Module):
         cfg = self.config
         p = cfg.patch_size
         patches = nn.Conv(
-            cfg.width, (p, p), strides=(p, p), padding="VALID", use_bias=False,
-            dtype=self.dtype, param_dtype=jnp.float32, name="patch_embedding",
+            cfg.width,
+            (p, p),
+            strides=(p, p),
+            padding="VALID",
+            use_bias=False,
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            name="patch_embedding",
             kernel_init=nn.with_logical_partitioning(
-                normal_init(0.02), (None, None, "conv_in", "conv_out")),
+                normal_init(0.02), (None, None, "conv_in", "conv_out")
+            ),
         )(images.astype(self.dtype))
         patches = patches.reshape(patches.shape[0], -1, cfg.width)
-        cls = self.param("class_embedding", nn.with_logical_partitioning(
-            normal_init(cfg.width**-0.5), ("embed",)), (cfg.width,))
+        cls = self.param(
+            "class_embedding",
+            nn.with_logical_partitioning(normal_init(cfg.width**-0.5), ("embed",)),
+            (cfg.width,),
+        )
         cls = jnp.broadcast_to(cls.astype(self.dtype), (patches.shape[0], 1, cfg.width))
-        positions = nn.Embed(cfg.num_positions, cfg.width, dtype=self.dtype,
-                             name="position_embedding",
-                             embedding_init=nn.with_logical_partitioning(
-                                 normal_init(cfg.width**-0.5), (None, "embed")),
-                             )(jnp.arange(cfg.num_positions))
+        positions = nn.Embed(
+            cfg.num_positions,
+            cfg.width,
+            dtype=self.dtype,
+            name="position_embedding",
+            embedding_init=nn.with_logical_partitioning(
+                normal_init(cfg.width**-0.5), (None, "embed")
+            ),
+        )(jnp.arange(cfg.num_positions))
         return jnp.concatenate([cls, patches], axis=1) + positions[None]
 
 
@@ -353,8 +395,10 @@ class CLIPVisionTransformer(nn.Module):
         cfg = self.config
         expected = (cfg.image_size, cfg.image_size, cfg.channels)
         if images.ndim != 4 or images.shape[1:] != expected:
-            raise ValueError(f"Expected images [B, {', '.join(map(str, expected))}] (NHWC), "
-                             f"got {images.shape}; see preprocess_images.")
+            raise ValueError(
+                f"Expected images [B, {', '.join(map(str, expected))}] (NHWC), "
+                f"got {images.shape}; see preprocess_images."
+            )
         x = CLIPVisionEmbeddings(cfg, self.dtype, name="embeddings")(images)
         x = layer_norm(cfg.layer_norm_eps, name="pre_layrnorm")(x).astype(self.dtype)
         x = nn.with_logical_constraint(x, ACTIVATION_AXES)
@@ -373,10 +417,18 @@ class CLIP(nn.Module):
         dtype = jnp.dtype(cfg.dtype)
         self.text_model = CLIPTextTransformer(cfg.text, dtype, cfg.remat)
         self.vision_model = CLIPVisionTransformer(cfg.vision, dtype, cfg.remat)
-        self.text_projection = dense(cfg.embed_dim, ("embed", None), use_bias=False,
-                                     kernel_init=normal_init(cfg.text.width**-0.5))
-        self.visual_projection = dense(cfg.embed_dim, ("embed", None), use_bias=False,
-                                       kernel_init=normal_init(cfg.vision.width**-0.5))
+        self.text_projection = dense(
+            cfg.embed_dim,
+            ("embed", None),
+            use_bias=False,
+            kernel_init=normal_init(cfg.text.width**-0.5),
+        )
+        self.visual_projection = dense(
+            cfg.embed_dim,
+            ("embed", None),
+            use_bias=False,
+            kernel_init=normal_init(cfg.vision.width**-0.5),
+        )
         self.logit_scale = self.param(
             "logit_scale",
             nn.with_logical_partitioning(nn.initializers.constant(cfg.logit_scale_init), ()),
@@ -422,8 +474,10 @@ def _normalize(x: jax.Array) -> jax.Array:
 def dummy_inputs(config: CLIPConfig, batch_size: int = 1) -> tuple[jax.Array, jax.Array]:
     """Zero (ids [B, L], images [B, S, S, C]) for `CLIP(config).init(rng, *dummy_inputs(...))`."""
     v = config.vision
-    return (jnp.zeros((batch_size, config.text.context_length), jnp.int32),
-            jnp.zeros((batch_size, v.image_size, v.image_size, v.channels), jnp.float32))
+    return (
+        jnp.zeros((batch_size, config.text.context_length), jnp.int32),
+        jnp.zeros((batch_size, v.image_size, v.image_size, v.channels), jnp.float32),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -460,5 +514,5 @@ def preprocess_images(images: jax.Array, image_size: int) -> jax.Array:
         x = jax.image.resize(x, (b, new_h, new_w, c), method="bicubic", antialias=True)
         x = jnp.clip(x, 0.0, 1.0)
     top, left = (new_h - image_size) // 2, (new_w - image_size) // 2
-    x = x[:, top:top + image_size, left:left + image_size]
+    x = x[:, top : top + image_size, left : left + image_size]
     return (x - jnp.asarray(CLIP_MEAN)) / jnp.asarray(CLIP_STD)

@@ -37,8 +37,11 @@ def sanitize(texts: Sequence[str]) -> list[str]:
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise TypeError(f"Text {i} is {type(text).__name__}, not str: {text!r}.")
-        out.append(text.encode("utf-8", "replace").decode("utf-8", "replace")
-                   if not text.isascii() else text)
+        out.append(
+            text.encode("utf-8", "replace").decode("utf-8", "replace")
+            if not text.isascii()
+            else text
+        )
     return out
 
 

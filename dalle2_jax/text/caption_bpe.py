@@ -42,18 +42,29 @@ class CaptionBpeTokenizer:
         self.pad_token_id = tokenizer.token_to_id(PAD)
 
     @classmethod
-    def train(cls, captions: Iterable[str], vocab_size: int = 8192, context_length: int = 77,
-              min_frequency: int = 2) -> CaptionBpeTokenizer:
+    def train(
+        cls,
+        captions: Iterable[str],
+        vocab_size: int = 8192,
+        context_length: int = 77,
+        min_frequency: int = 2,
+    ) -> CaptionBpeTokenizer:
         """Learns BPE merges from captions (a few thousand suffice for the embedded dataset)."""
         tokenizer = Tokenizer(models.BPE())
-        tokenizer.normalizer = normalizers.Sequence([
-            normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Strip(),
-            normalizers.Lowercase(),
-        ])
+        tokenizer.normalizer = normalizers.Sequence(
+            [
+                normalizers.NFC(),
+                normalizers.Replace(Regex(r"\s+"), " "),
+                normalizers.Strip(),
+                normalizers.Lowercase(),
+            ]
+        )
         tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
         tokenizer.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(
-            vocab_size=vocab_size, min_frequency=min_frequency, show_progress=False,
+            vocab_size=vocab_size,
+            min_frequency=min_frequency,
+            show_progress=False,
             special_tokens=list(SPECIAL_TOKENS),
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         )

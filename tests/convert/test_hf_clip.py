@@ -29,12 +29,27 @@ TOL = 1e-4
 
 def tiny_hf_config(act: str, eos_token_id: int) -> transformers.CLIPConfig:
     return transformers.CLIPConfig(
-        text_config=dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=4,
-                         max_position_embeddings=CONTEXT, hidden_act=act,
-                         eos_token_id=eos_token_id, bos_token_id=VOCAB - 2, pad_token_id=0),
-        vision_config=dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2,
-                           num_attention_heads=4, image_size=32, patch_size=8, hidden_act=act),
+        text_config=dict(
+            vocab_size=VOCAB,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=CONTEXT,
+            hidden_act=act,
+            eos_token_id=eos_token_id,
+            bos_token_id=VOCAB - 2,
+            pad_token_id=0,
+        ),
+        vision_config=dict(
+            hidden_size=48,
+            intermediate_size=96,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=32,
+            patch_size=8,
+            hidden_act=act,
+        ),
         projection_dim=24,
     )
 
@@ -64,8 +79,11 @@ def text_batch(eos: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarr
 
 def torch_reference(model, ids, mask, images_nhwc):
     with torch.no_grad():
-        out = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
-                    pixel_values=torch.from_numpy(images_nhwc.transpose(0, 3, 1, 2).copy()))
+        out = model(
+            input_ids=torch.from_numpy(ids),
+            attention_mask=torch.from_numpy(mask),
+            pixel_values=torch.from_numpy(images_nhwc.transpose(0, 3, 1, 2).copy()),
+        )
     return {
         "text_embeds": out.text_embeds.numpy(),
         "image_embeds": out.image_embeds.numpy(),
@@ -78,10 +96,14 @@ def torch_reference(model, ids, mask, images_nhwc):
 def ours(config, params, ids, mask, images_nhwc):
     model = CLIP(config)
     variables = {"params": params}
-    out = dict(jax.jit(model.apply)(variables, jnp.asarray(ids), jnp.asarray(images_nhwc),
-                                    jnp.asarray(mask)))
+    out = dict(
+        jax.jit(model.apply)(
+            variables, jnp.asarray(ids), jnp.asarray(images_nhwc), jnp.asarray(mask)
+        )
+    )
     _, tokens, _ = jax.jit(lambda v, i, m: model.apply(v, i, m, method=CLIP.encode_text))(
-        variables, jnp.asarray(ids), jnp.asarray(mask))
+        variables, jnp.asarray(ids), jnp.asarray(mask)
+    )
     out["tokens"] = tokens
     return {k: np.asarray(v) for k, v in out.items()}
 
@@ -117,8 +139,9 @@ def test_import_matches_pytorch(tmp_path, act, eos_token_id, fmt):
     eos = VOCAB - 1 if eos_token_id == 2 else eos_token_id  # legacy: eos is the largest id
     ids, mask = text_batch(eos, rng)
     images = rng.standard_normal((BATCH_IMAGE, 32, 32, 3)).astype(np.float32)
-    diffs = max_diffs(torch_reference(model, ids, mask, images), ours(config, params, ids,
-                                                                       mask, images))
+    diffs = max_diffs(
+        torch_reference(model, ids, mask, images), ours(config, params, ids, mask, images)
+    )
     print(f"max |ours - torch| ({act}, eos={eos_token_id}, {fmt}):", diffs)
     assert all(d <= TOL for d in diffs.values()), diffs
 
@@ -137,8 +160,9 @@ def test_export_loads_in_transformers(tmp_path):
     ids, mask = text_batch(config.text.eos_token_id, rng)
     ids = np.minimum(ids, config.text.vocab_size - 1)
     images = rng.standard_normal((BATCH_IMAGE, 32, 32, 3)).astype(np.float32)
-    diffs = max_diffs(torch_reference(model, ids, mask, images),
-                      ours(config, params, ids, mask, images))
+    diffs = max_diffs(
+        torch_reference(model, ids, mask, images), ours(config, params, ids, mask, images)
+    )
     print("max |ours - torch| (export):", diffs)
     assert all(d <= TOL for d in diffs.values()), diffs
 
@@ -180,18 +204,25 @@ def test_sharded_bfloat16_safetensors(tmp_path):
     config, reference = load_hf_clip(tmp_path / "single")
     state = load_file(str(tmp_path / "single" / "model.safetensors"))
     keys = sorted(state)
-    shards = {"model-00001-of-00002.safetensors": keys[::2],
-              "model-00002-of-00002.safetensors": keys[1::2]}
+    shards = {
+        "model-00001-of-00002.safetensors": keys[::2],
+        "model-00002-of-00002.safetensors": keys[1::2],
+    }
     sharded = tmp_path / "sharded"
     sharded.mkdir()
     (sharded / "config.json").write_text((tmp_path / "single" / "config.json").read_text())
     for i, (name, names) in enumerate(shards.items()):
         dtype = ml_dtypes.bfloat16 if i else np.float32
-        save_file({k: state[k].astype(dtype) for k in names}, str(sharded / name),
-                  metadata={"format": "pt"})
-    (sharded / "model.safetensors.index.json").write_text(json.dumps(
-        {"weight_map": {k: name for name, names in shards.items() for k in names}}))
+        save_file(
+            {k: state[k].astype(dtype) for k in names},
+            str(sharded / name),
+            metadata={"format": "pt"},
+        )
+    (sharded / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {k: name for name, names in shards.items() for k in names}})
+    )
     _, params = load_hf_clip(sharded)
     assert all(x.dtype == np.float32 for x in jax.tree.leaves(params))
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-2, atol=1e-2),
-                 params, reference)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-2, atol=1e-2), params, reference
+    )

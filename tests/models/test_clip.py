@@ -58,10 +58,21 @@ def test_openai_presets_match_transformers(name):
     spec = OPENAI_HUB[name]
     (tw, th, tm), (vw, vl, vh, vm, size, patch) = spec["text"], spec["vision"]
     hf = transformers.CLIPConfig(
-        text_config=dict(hidden_size=tw, num_attention_heads=th, intermediate_size=tm,
-                         num_hidden_layers=12, eos_token_id=2),
-        vision_config=dict(hidden_size=vw, num_hidden_layers=vl, num_attention_heads=vh,
-                           intermediate_size=vm, image_size=size, patch_size=patch),
+        text_config=dict(
+            hidden_size=tw,
+            num_attention_heads=th,
+            intermediate_size=tm,
+            num_hidden_layers=12,
+            eos_token_id=2,
+        ),
+        vision_config=dict(
+            hidden_size=vw,
+            num_hidden_layers=vl,
+            num_attention_heads=vh,
+            intermediate_size=vm,
+            image_size=size,
+            patch_size=patch,
+        ),
         projection_dim=spec["proj"],
     )
     assert CLIPConfig.from_hf_config(hf.to_dict()) == clip_config(name)
@@ -90,14 +101,28 @@ def test_paper_scale_preset_size():
     config = clip_config("dalle2_vit_h16")
     v, t = config.vision, config.text
     assert (v.width, v.layers, v.patch_size, t.width, t.layers, config.embed_dim) == (
-        1280, 32, 16, 1024, 24, 1024)
-    vision = (3 * 16 * 16 * 1280 + 1280 + ((256 // 16) ** 2 + 1) * 1280 + 2 * 1280
-              + transformer_params(1280, 5120, 32) + 2 * 1280)
+        1280,
+        32,
+        16,
+        1024,
+        24,
+        1024,
+    )
+    vision = (
+        3 * 16 * 16 * 1280
+        + 1280
+        + ((256 // 16) ** 2 + 1) * 1280
+        + 2 * 1280
+        + transformer_params(1280, 5120, 32)
+        + 2 * 1280
+    )
     text = 49408 * 1024 + 77 * 1024 + transformer_params(1024, 4096, 24) + 2 * 1024
     expected = vision + text + 1280 * 1024 + 1024 * 1024 + 1
     actual = count(abstract_variables(config))
-    print(f"dalle2_vit_h16: {actual / 1e6:.1f}M parameters "
-          f"(vision {vision / 1e6:.1f}M, text {text / 1e6:.1f}M)")
+    print(
+        f"dalle2_vit_h16: {actual / 1e6:.1f}M parameters "
+        f"(vision {vision / 1e6:.1f}M, text {text / 1e6:.1f}M)"
+    )
     assert actual == expected
     assert 0.95e9 < actual < 1.05e9  # OpenCLIP ViT-H/14: ~986M
 
@@ -121,7 +146,8 @@ def test_text_is_causal_and_ignores_padding(tiny):
     ids[2, 6:] = 77  # padding content changes: nothing real may change
     mask = np.arange(16)[None].repeat(3, 0) < 5
     emb, tokens, _ = jax.jit(lambda i, m: model.apply(params, i, m, method=CLIP.encode_text))(
-        ids, mask)
+        ids, mask
+    )
     np.testing.assert_allclose(tokens[1, :3], tokens[0, :3], atol=1e-6)
     assert np.abs(tokens[1, 3] - tokens[0, 3]).max() > 1e-3
     np.testing.assert_allclose(emb[2], emb[0], atol=1e-6)
@@ -157,15 +183,18 @@ def test_sharded_init_and_apply_match_single_device(tiny):
     images = jax.random.normal(jax.random.key(2), (4, 32, 32, 3))
     with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
         abstract = abstract_variables(config)
-        shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(abstract), mesh,
-                                                DEFAULT_RULES)
-        boxed = jax.jit(lambda k: model.init(k, *dummy_inputs(config)),
-                        out_shardings=shardings)(jax.random.key(0))
+        shardings = nn.logical_to_mesh_sharding(
+            nn.get_partition_spec(abstract), mesh, DEFAULT_RULES
+        )
+        boxed = jax.jit(lambda k: model.init(k, *dummy_inputs(config)), out_shardings=shardings)(
+            jax.random.key(0)
+        )
         sharded_out = jax.jit(model.apply)(nn.unbox(boxed), ids, images)
     fc1 = boxed["params"]["text_model"]["encoder"]["layers_0"]["mlp"]["fc1"]["kernel"].value
     assert fc1.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5),
-                 nn.unbox(boxed), params)  # same init, born sharded
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), nn.unbox(boxed), params
+    )  # same init, born sharded
     single = jax.jit(model.apply)(params, ids, images)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), sharded_out, single)
 
@@ -177,8 +206,9 @@ def smooth_image(height: int, width: int) -> np.ndarray:
 
 
 def test_preprocess_matches_hf_image_processor():
-    hf = transformers.CLIPImageProcessorPil(size={"shortest_edge": 32},
-                                            crop_size={"height": 32, "width": 32})
+    hf = transformers.CLIPImageProcessorPil(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+    )
     for image in (smooth_image(45, 70), smooth_image(81, 40), smooth_image(20, 24)):
         ref = hf(images=[image], return_tensors="np")["pixel_values"][0].transpose(1, 2, 0)
         ours = np.asarray(preprocess_images(jnp.asarray(image), 32))

@@ -23,7 +23,14 @@ INSTALL_REQUIRES = [
 
 EXTRAS = {
     # torch is only the independent reference for CLIP parity tests (CPU build).
-    "test": ["pytest>=8", "pytest-timeout>=2.3", "portpicker>=1.6", "ruff>=0.6", "torch==2.13.0"],
+    "test": [
+        "pytest>=8",
+        "importlib_resources>=6",
+        "pytest-timeout>=2.3",
+        "portpicker>=1.6",
+        "ruff>=0.6",
+        "torch==2.13.0",
+    ],
     "cuda": ["jax[cuda13]"],
     "tpu": ["jax[tpu]"],
 }

@@ -1,6 +1,7 @@
-"""Train one unCLIP stage: flags -> config -> trainer.
+"""Train one unCLIP stage, or every stage of a cascade config: flags -> config -> trainer.
 
-python train.py --config configs/toy.py[:variant] --workdir runs/toy [--config.field=value ...]
+  python train.py --config configs/shapes.py[:variant] --workdir runs/shapes \
+      [--config.field=value ...]
 """
 
 import logging as std_logging
@@ -8,6 +9,7 @@ import logging as std_logging
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from dalle2_jax.cascade import prepare_stage, train_cascade
 from dalle2_jax.train.loop import train_and_evaluate
 
 FLAGS = flags.FLAGS
@@ -20,7 +22,12 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # library chatter (orbax, grain) off
     std_logging.getLogger("dalle2_jax").setLevel(std_logging.INFO)
-    train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    config = FLAGS.config
+    if config.get("cascade"):
+        train_cascade(config, FLAGS.workdir)
+    else:
+        prepare_stage(config, FLAGS.workdir)
+        train_and_evaluate(config, FLAGS.workdir)
 
 
 if __name__ == "__main__":

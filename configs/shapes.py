@@ -1,29 +1,56 @@
-"""The embedded captioned-shapes demo: CPU-sized unCLIP stages.
+"""The embedded captioned-shapes demo: CPU-sized unCLIP, every stage on one dataset.
 
-Run one stage:  python train.py --config configs/shapes.py:clip --workdir runs/shapes
-Cost (2 CPU cores): clip ~5 minutes; reports zero-shot caption->image retrieval top-1 on
-held-out attribute combinations and on seen ones (eval/retrieval_top1_*) in metrics.jsonl.
-Variants: "clip", "clip_tiny" (tests: a few steps of a very small model).
+Run everything (CLIP -> embeddings -> prior -> decoder 32 px -> upsampler 32->64 px, then
+samples.png and eval.json in the workdir):
+    python train.py --config configs/shapes.py --workdir runs/shapes
+Run one stage in the same workdir layout (prior and decoder read the CLIP embeddings, which
+are computed from the workdir's trained CLIP stage on first use):
+    python train.py --config configs/shapes.py:STAGE --workdir runs/shapes
+    STAGE = clip | prior | decoder | upsampler
+Variants with "_tiny" (and "all_tiny") run a few steps of very small models, for tests.
+Cost and results on a 2-core CPU are in the README (section "The embedded demo").
 """
 
 import ml_collections
 
-from configs import common
+from configs import common, prior_paper
+
+SEED = 0  # one seed for every stage: the decoder pairs embeddings and images by index
+CLIP_SIZE = 32
+EMBED_DIM = 128
+TEXT_LEN = 40
+
+
+def embeddings_config(tiny: bool = False) -> ml_collections.ConfigDict:
+    """Which CLIP embeddings of the shapes dataset the prior and decoder train on."""
+    return ml_collections.ConfigDict(
+        {
+            "seed": SEED,
+            "image_size": CLIP_SIZE,
+            "num_train": 64 if tiny else 20_000,
+            "num_eval": 16 if tiny else 512,
+            "batch_size": 256,
+            "shard_size": 10_000,
+        }
+    )
 
 
 def clip_config(tiny: bool = False) -> ml_collections.ConfigDict:
     config = common.base_config()
     config.stage = "clip"
-    config.seed = 0
+    config.seed = SEED
     config.num_steps = 600
     config.batch_size = 128
     config.log_every = 20
     config.eval_every = 200
     config.data = ml_collections.ConfigDict(
         {
-            "image_size": 32,
+            "image_size": CLIP_SIZE,
             "vocab_size": 1024,
             "tokenizer_captions": 4000,
+            "tokenizer": "",
+            "train_source": "",
+            "eval_source": "",
             "shuffle": True,
             "num_threads": 2,
         }
@@ -31,7 +58,7 @@ def clip_config(tiny: bool = False) -> ml_collections.ConfigDict:
     config.model = ml_collections.ConfigDict(
         {
             "text": {
-                "context_length": 40,
+                "context_length": TEXT_LEN,
                 "width": 128,
                 "layers": 3,
                 "heads": 4,
@@ -39,7 +66,7 @@ def clip_config(tiny: bool = False) -> ml_collections.ConfigDict:
                 "act": "gelu",
             },
             "vision": {
-                "image_size": 32,
+                "image_size": CLIP_SIZE,
                 "patch_size": 8,
                 "width": 128,
                 "layers": 3,
@@ -47,7 +74,7 @@ def clip_config(tiny: bool = False) -> ml_collections.ConfigDict:
                 "mlp_dim": 512,
                 "act": "gelu",
             },
-            "embed_dim": 128,
+            "embed_dim": EMBED_DIM,
             "dtype": "float32",
             "remat": False,
         }
@@ -78,8 +105,227 @@ def clip_config(tiny: bool = False) -> ml_collections.ConfigDict:
     return config
 
 
+def prior_config(tiny: bool = False) -> ml_collections.ConfigDict:
+    config = prior_paper.base_prior_config()
+    config.seed = SEED
+    config.embeddings = embeddings_config(tiny)
+    config.mesh = common.base_config().mesh
+    config.num_steps = 1500
+    config.batch_size = 128
+    config.log_every = 20
+    config.eval_every = 500
+    config.model.update(
+        {
+            "clip_dim": EMBED_DIM,
+            "text_len": TEXT_LEN,
+            "text_width": 128,
+            "width": 256,
+            "depth": 4,
+            "heads": 4,
+            "mlp_dim": 1024,
+            "dtype": "float32",
+            "scan_layers": False,
+            "remat": False,
+        }
+    )
+    config.embed_norm.update({"kind": "fixed", "scale": EMBED_DIM**0.5})
+    config.sample.update({"num_steps": 64, "sampler": "ddim", "guidance_scale": 1.0})
+    config.data.update({"embeddings_dir": "", "eval_embeddings_dir": "", "num_threads": 2})
+    config.eval.update({"num_examples": 256, "batch_size": 256})
+    config.optim.update(
+        {"learning_rate": 3e-4, "warmup_steps": 100, "weight_decay": 0.0, "ema_decay": 0.999}
+    )
+    config.checkpoint.every_steps = 500
+    if tiny:
+        config.num_steps, config.batch_size, config.log_every = 3, 8, 1
+        config.eval_every = config.checkpoint.every_steps = 3
+        config.model.update({"width": 32, "depth": 1, "heads": 2, "mlp_dim": 64})
+        config.model.update({"clip_dim": 32, "text_width": 32})
+        config.embed_norm.scale = 32**0.5
+        config.sample.num_steps = 4
+        config.eval.num_examples = 8
+        config.progress_bar = False
+    return config
+
+
+def decoder_config(tiny: bool = False) -> ml_collections.ConfigDict:
+    config = common.base_config()
+    config.stage = "decoder"
+    config.seed = SEED
+    config.embeddings = embeddings_config(tiny)
+    config.num_steps = 2000
+    config.batch_size = 64
+    config.log_every = 20
+    config.eval_every = 500
+    config.data = ml_collections.ConfigDict(
+        {
+            "source": "shapes",  # or "synthetic"
+            "image_size": 32,
+            "embeddings_dir": "",
+            "eval_embeddings_dir": "",
+            "text_len": 40,
+            "num_examples": 10_000,  # synthetic source only
+            "shuffle": True,
+            "num_threads": 2,
+        }
+    )
+    config.model = ml_collections.ConfigDict(
+        {
+            "model_channels": 64,
+            "channel_mult": (1, 2, 2),
+            "num_res_blocks": 2,
+            "attention_resolutions": (16, 8),
+            "num_head_channels": 32,
+            "dropout": 0.1,
+            "clip_embed_dim": 128,
+            "num_clip_tokens": 4,
+            "text_embed_dim": 128,
+            "context_dim": 128,
+            "text_encoder_layers": 1,
+            "text_encoder_heads": 4,
+            "image_drop_prob": 0.1,
+            "text_drop_prob": 0.5,
+            "dtype": "float32",
+        }
+    )
+    config.diffusion = ml_collections.ConfigDict({"schedule": "cosine", "num_timesteps": 1000})
+    config.sample = ml_collections.ConfigDict(
+        {"num_steps": 64, "sampler": "ddpm", "guidance_scale": 3.0}
+    )
+    config.eval = ml_collections.ConfigDict({"num_examples": 64})
+    config.optim.learning_rate = 3e-4
+    config.optim.warmup_steps = 100
+    config.optim.ema_decay = 0.999
+    if tiny:
+        _shrink(config)
+        config.data.update(
+            {"source": "synthetic", "image_size": 8, "text_len": 6, "num_examples": 64}
+        )
+        config.model.update(
+            {
+                "model_channels": 32,
+                "channel_mult": (1,),
+                "num_res_blocks": 1,
+                "attention_resolutions": (8,),
+                "num_head_channels": 16,
+                "dropout": 0.0,
+                "clip_embed_dim": 16,
+                "text_embed_dim": 24,
+                "context_dim": 32,
+                "text_encoder_layers": 0,
+            }
+        )
+        config.diffusion.num_timesteps = 100
+    return config
+
+
+def upsampler_config(tiny: bool = False) -> ml_collections.ConfigDict:
+    config = common.base_config()
+    config.stage = "upsampler"
+    config.seed = SEED
+    config.num_steps = 2000
+    config.batch_size = 64
+    config.log_every = 20
+    config.eval_every = 500
+    config.data = ml_collections.ConfigDict(
+        {
+            "image_size": 64,  # full target size (sampling resolution)
+            "crop_size": 16,  # training crops: a quarter of the target, as in the paper
+            "factor": 2,  # 32 px decoder output -> 64 px
+            "augment": "blur",  # "blur" (64->256), "bsr" (256->1024) or "none"
+            "shuffle": True,
+            "num_threads": 2,
+        }
+    )
+    config.model = ml_collections.ConfigDict(
+        {
+            "model_channels": 64,
+            "channel_mult": (1, 2, 2),
+            "num_res_blocks": 2,
+            "attention_resolutions": (),
+            "resblock_updown": True,
+            "dropout": 0.0,
+            "dtype": "float32",
+        }
+    )
+    config.diffusion = ml_collections.ConfigDict({"schedule": "cosine", "num_timesteps": 1000})
+    config.sample = ml_collections.ConfigDict({"num_steps": 27, "sampler": "ddim"})
+    config.eval = ml_collections.ConfigDict({"num_examples": 16, "num_steps": 27})
+    config.optim.learning_rate = 3e-4
+    config.optim.warmup_steps = 100
+    config.optim.ema_decay = 0.999
+    if tiny:
+        _shrink(config)
+        config.data.update({"image_size": 32, "crop_size": 16, "factor": 2})
+        config.model.update(
+            {
+                "model_channels": 32,
+                "channel_mult": (1,),
+                "num_res_blocks": 1,
+                "resblock_updown": False,
+            }
+        )
+        config.diffusion.num_timesteps = 100
+        config.eval.update({"num_examples": 2, "num_steps": 3})
+    return config
+
+
+def _shrink(config: ml_collections.ConfigDict) -> None:
+    """A few steps of a very small run: tests on 8 simulated CPU devices."""
+    config.num_steps = 3
+    config.batch_size = 8
+    config.log_every = 1
+    config.eval_every = 3
+    config.checkpoint.every_steps = 3
+    config.progress_bar = False
+    config.data.num_threads = 1
+    if "eval" in config and "num_examples" in config.eval:
+        config.eval.num_examples = min(config.eval.num_examples, 8)
+
+
+def all_config(tiny: bool = False) -> ml_collections.ConfigDict:
+    """Every stage in order, then samples.png and eval.json."""
+    config = ml_collections.ConfigDict()
+    config.cascade = True
+    config.seed = SEED
+    config.order = ["clip", "prior", "decoder", "upsampler"]
+    config.upsamplers = ["upsampler"]
+    config.stages = ml_collections.ConfigDict(
+        {
+            "clip": clip_config(tiny),
+            "prior": prior_config(tiny),
+            "decoder": decoder_config(tiny),
+            "upsampler": upsampler_config(tiny),
+        }
+    )
+    if tiny:  # the tiny decoder reads the tiny CLIP's real embeddings of shapes images
+        decoder = config.stages.decoder
+        decoder.data.update({"source": "shapes", "image_size": 16, "text_len": TEXT_LEN})
+        decoder.model.update(
+            {"clip_embed_dim": 32, "text_embed_dim": 32, "attention_resolutions": (16,)}
+        )
+    config.samples = ml_collections.ConfigDict(
+        {"num_prompts": 2 if tiny else 4, "num_images": 2 if tiny else 4}
+    )
+    config.eval = ml_collections.ConfigDict({"num_per_split": 4 if tiny else 64})
+    return config
+
+
+VARIANTS = {
+    "all": all_config,
+    "clip": clip_config,
+    "prior": prior_config,
+    "decoder": decoder_config,
+    "upsampler": upsampler_config,
+}
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    variants = {"clip": lambda: clip_config(), "clip_tiny": lambda: clip_config(tiny=True)}
-    if arg not in variants:
-        raise ValueError(f"Unknown shapes variant {arg!r}; choose one of {sorted(variants)}.")
-    return variants[arg]()
+    name = arg or "all"
+    tiny = name.endswith("_tiny")
+    base = name.removesuffix("_tiny")
+    if base not in VARIANTS:
+        raise ValueError(
+            f"Unknown shapes variant {arg!r}; choose one of {sorted(VARIANTS)} (+ '_tiny')."
+        )
+    return VARIANTS[base](tiny)

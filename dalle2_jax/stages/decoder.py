@@ -153,6 +153,7 @@ class DecoderStage(Stage):
             self._sample_program, static_argnames=("num_steps", "sampler", "guidance_scale")
         )
         self._eval_jit = jax.jit(self._eval_terms)
+        self._invert_jit = jax.jit(self._invert_program, static_argnames=("num_steps",))
 
     @property
     def uses_text(self) -> bool:
@@ -301,6 +302,7 @@ class DecoderStage(Stage):
         num_steps,
         sampler,
         guidance_scale,
+        x_T=None,
     ):
         s = self.config.data.image_size
         model_fn = self.conditional_fn(params, image_embed, text_tokens, text_mask, guidance_scale)
@@ -314,6 +316,7 @@ class DecoderStage(Stage):
             prediction="eps",
             variance="learned_range",
             x0_transform="clip",
+            x_T=x_T,
         )
 
     def _check_inputs(self, image_embed, text_tokens, text_mask):
@@ -355,10 +358,12 @@ class DecoderStage(Stage):
         num_steps: int | None = None,
         sampler: str | None = None,
         guidance_scale: float | None = None,
+        x_T: jax.Array | None = None,
     ) -> jax.Array:
         """Images [B, S, S, 3] in [-1, 1] for CLIP image embeddings [B, D] (and caption token
         encodings [B, L, W] with mask [B, L]; omitted = caption dropped). "ddpm" uses the
-        learned variance; "ddim" drops it. Unset options come from `config.sample`."""
+        learned variance; "ddim" drops it. `x_T` starts from a given latent (e.g. from
+        `invert`) instead of noise. Unset options come from `config.sample`."""
         opts = {**SAMPLE_DEFAULTS, **dict(self.config.get("sample") or {})}
         given = dict(num_steps=num_steps, sampler=sampler, guidance_scale=guidance_scale)
         opts.update({k: v for k, v in given.items() if v is not None})
@@ -373,6 +378,34 @@ class DecoderStage(Stage):
             num_steps=int(opts["num_steps"]),
             sampler=str(opts["sampler"]),
             guidance_scale=float(opts["guidance_scale"]),
+            x_T=None if x_T is None else jnp.asarray(x_T, jnp.float32),
+        )
+
+    def invert(
+        self, params, images, image_embed, *, text_tokens=None, text_mask=None, num_steps=50
+    ) -> jax.Array:
+        """Deterministic DDIM inversion of images [B, S, S, 3] in [-1, 1] to the decoder latent
+        x_T under the conditional model; `sample(..., sampler="ddim", x_T=...)` maps it back."""
+        image_embed = jnp.asarray(image_embed, jnp.float32)
+        text_tokens, text_mask = self._check_inputs(image_embed, text_tokens, text_mask)
+        return self._invert_jit(
+            params,
+            jnp.asarray(images, jnp.float32),
+            image_embed,
+            text_tokens,
+            text_mask,
+            num_steps=int(num_steps),
+        )
+
+    def _invert_program(self, params, images, image_embed, text_tokens, text_mask, *, num_steps):
+        model_fn = self.conditional_fn(params, image_embed, text_tokens, text_mask, 1.0)
+        return diffusion.ddim_invert(
+            self.schedule,
+            model_fn,
+            images,
+            num_steps=num_steps,
+            prediction="eps",
+            learned_variance=True,
         )
 
     # -- evaluation ----------------------------------------------------------------------------

@@ -164,6 +164,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     else:
         state, shardings = create_train_state(init_params, tx, mesh, rules, init_key)
     start_step = int(state.step)
+    if start_step >= config.num_steps:
+        log.info("%s is already trained to step %d.", config.stage, start_step)
+        checkpointer.close()
+        return state
     log.info("%s: %.3fM parameters.", config.stage, num_params(state.params) / 1e6)
 
     # 3. Data: this process's share of each global batch, from the saved position.

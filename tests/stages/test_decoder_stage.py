@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs.shapes_image_stages import decoder_config
+from configs.shapes import decoder_config
 from dalle2_jax.data.embeddings import EmbeddingShards, ShardWriter
 from dalle2_jax.data.shapes import ShapesSource
 from dalle2_jax.stages import get_stage

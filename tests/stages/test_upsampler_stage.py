@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs.shapes_image_stages import upsampler_config
+from configs.shapes import upsampler_config
 from dalle2_jax.data.degradations import gaussian_blur
 from dalle2_jax.data.shapes import ShapesSource
 from dalle2_jax.stages import get_stage

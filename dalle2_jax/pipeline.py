@@ -1,0 +1,278 @@
+"""unCLIP at sampling time: caption -> CLIP text -> prior -> decoder -> upsampler(s).
+
+`UnCLIP.from_workdir(workdir)` loads the latest EMA weights of every stage trained there by
+`train.py`; each stage samples with one compiled program. Also image variations (optionally
+from the DDIM-inverted decoder latent), interpolation between two images or two prompts by
+slerp of CLIP image embeddings, and text diffs (moving an image's embedding along the
+difference of two captions' text embeddings), as in the paper's figures.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from dalle2_jax import stages
+from dalle2_jax.encoders import ClipEncoder
+from dalle2_jax.train.checkpoint import Checkpointer
+from dalle2_jax.train.loop import restore_train_state
+from dalle2_jax.visualize import to_uint8
+
+log = logging.getLogger(__name__)
+
+TRAIN_COMMAND = "python train.py --config configs/shapes.py:{stage} --workdir {workdir}"
+
+
+class StageNotTrainedError(RuntimeError):
+    """A stage the pipeline needs has no checkpoint in the workdir."""
+
+
+@dataclasses.dataclass
+class LoadedStage:
+    stage: stages.Stage
+    params: object
+    step: int
+
+
+def load_stage(workdir: str | Path, name: str) -> LoadedStage:
+    """The stage `name` under `workdir` with its latest EMA params; a clear error if it was
+    never trained, a warning if it stopped before `num_steps`."""
+    stage_dir = Path(workdir) / name
+    command = TRAIN_COMMAND.format(stage=name, workdir=workdir)
+    config_file = stage_dir / "config.json"
+    if not config_file.is_file():
+        raise StageNotTrainedError(
+            f"Stage '{name}' is not trained in {workdir}. Train it: {command}"
+        )
+    config = ml_collections.ConfigDict(json.loads(config_file.read_text()))
+    config.mesh.num_devices = 0
+    checkpointer = Checkpointer(stage_dir / "checkpoints", async_save=False)
+    latest = checkpointer.latest_step()
+    checkpointer.close()
+    if latest is None:
+        raise StageNotTrainedError(
+            f"Stage '{name}' in {workdir} has no checkpoint yet. Train it: {command}"
+        )
+    if latest < config.num_steps:
+        log.warning(
+            "Stage '%s' is half-trained (step %d of %d); samples will be poor. "
+            "Continue training: %s",
+            name,
+            latest,
+            config.num_steps,
+            command,
+        )
+    state = restore_train_state(config, workdir)
+    return LoadedStage(stages.get_stage(config, stage_dir), state.ema_params, latest)
+
+
+def slerp(a: np.ndarray, b: np.ndarray, weights: Sequence[float]) -> np.ndarray:
+    """Spherical interpolation of unit vectors a, b [D] at `weights` -> [len(weights), D]."""
+    a, b = a / np.linalg.norm(a), b / np.linalg.norm(b)
+    omega = np.arccos(np.clip(np.dot(a, b), -1.0, 1.0))
+    w = np.asarray(weights, np.float64)[:, None]
+    if omega < 1e-6:
+        out = (1 - w) * a + w * b
+    else:
+        out = (np.sin((1 - w) * omega) * a + np.sin(w * omega) * b) / np.sin(omega)
+    return (out / np.linalg.norm(out, axis=-1, keepdims=True)).astype(np.float32)
+
+
+@dataclasses.dataclass
+class SampleOptions:
+    prior_steps: int | None = None
+    prior_sampler: str | None = None
+    prior_guidance: float | None = None
+    best_of: int | None = None
+    decoder_steps: int | None = None
+    decoder_sampler: str | None = None
+    decoder_guidance: float | None = None
+    upsampler_steps: int | None = None
+    upsampler_sampler: str | None = None
+
+
+class UnCLIP:
+    def __init__(
+        self,
+        encoder: ClipEncoder,
+        prior: LoadedStage,
+        decoder: LoadedStage,
+        upsamplers: Sequence[LoadedStage] = (),
+    ):
+        self.encoder, self.prior, self.decoder = encoder, prior, decoder
+        self.upsamplers = list(upsamplers)
+
+    @classmethod
+    def from_workdir(cls, workdir: str | Path, upsamplers: Sequence[str] = ("upsampler",)):
+        """Every stage trained under `workdir`; upsamplers that were never trained are
+        skipped with a warning (the decoder's resolution is then the output)."""
+        clip_dir = Path(workdir) / "clip"
+        if not (clip_dir / "config.json").is_file():
+            raise StageNotTrainedError(
+                f"Stage 'clip' is not trained in {workdir}. Train it: "
+                + TRAIN_COMMAND.format(stage="clip", workdir=workdir)
+            )
+        encoder = ClipEncoder.from_clip_workdir(workdir)
+        loaded = []
+        for name in upsamplers:
+            try:
+                loaded.append(load_stage(workdir, name))
+            except StageNotTrainedError as e:
+                log.warning("%s Continuing without it.", e)
+        return cls(encoder, load_stage(workdir, "prior"), load_stage(workdir, "decoder"), loaded)
+
+    # -- building blocks ------------------------------------------------------------------
+
+    def _text_inputs(self, text: dict) -> dict:
+        if not getattr(self.decoder.stage, "uses_text", False):
+            return {}
+        return {"text_tokens": text["text_tokens"], "text_mask": text["text_mask"]}
+
+    def decode(self, image_embed, text: dict | None, key, opts: SampleOptions, x_T=None):
+        """CLIP image embeddings -> images in [-1, 1] at the final resolution."""
+        key, sub = jax.random.split(key)
+        images = self.decoder.stage.sample(
+            self.decoder.params,
+            image_embed,
+            sub,
+            **(self._text_inputs(text) if text is not None else {}),
+            num_steps=opts.decoder_steps,
+            sampler=opts.decoder_sampler,
+            guidance_scale=opts.decoder_guidance,
+            x_T=x_T,
+        )
+        for i, up in enumerate(self.upsamplers):
+            images = up.stage.sample(
+                up.params,
+                images,
+                jax.random.fold_in(key, i),
+                num_steps=opts.upsampler_steps,
+                sampler=opts.upsampler_sampler,
+            )
+        return images
+
+    def image_embeddings(self, prompts: Sequence[str], key, opts: SampleOptions):
+        text = self.encoder.encode_text(prompts)
+        embed = self.prior.stage.sample(
+            self.prior.params,
+            text["text_embed"],
+            text["text_tokens"],
+            text["text_mask"],
+            key,
+            num_steps=opts.prior_steps,
+            sampler=opts.prior_sampler,
+            guidance_scale=opts.prior_guidance,
+            best_of=opts.best_of,
+        )
+        return embed, text
+
+    # -- what users run -------------------------------------------------------------------
+
+    def text_to_image(
+        self, prompts: Sequence[str], key, *, num_images: int = 1, opts: SampleOptions | None = None
+    ) -> np.ndarray:
+        """uint8 images [len(prompts) * num_images, H, W, 3], prompt-major."""
+        opts = opts or SampleOptions()
+        prompts = [p for p in prompts for _ in range(num_images)]
+        k_prior, k_decoder = jax.random.split(key)
+        embed, text = self.image_embeddings(prompts, k_prior, opts)
+        return to_uint8(self.decode(embed, text, k_decoder, opts))
+
+    def encode_images(self, images: np.ndarray) -> np.ndarray:
+        """CLIP image embeddings of images [B, H, W, 3] in [-1, 1]."""
+        return self.encoder.encode(images, [""] * len(images))["image_embed"]
+
+    def variations(
+        self,
+        image: np.ndarray,
+        key,
+        *,
+        num_images: int = 4,
+        keep_latent: bool = False,
+        opts: SampleOptions | None = None,
+    ) -> np.ndarray:
+        """Variations of one image [H, W, 3] in [-1, 1]: decode its CLIP image embedding with
+        fresh noise, or (keep_latent) from its DDIM-inverted decoder latent with DDIM and eta 0,
+        which keeps layout and changes what the embedding does not pin down."""
+        opts = opts or SampleOptions()
+        embed = np.repeat(self.encode_images(image[None]), num_images, axis=0)
+        x_T = None
+        if keep_latent:
+            x_T = self._inverted_latent(image, embed[:1], num_images)
+            opts = dataclasses.replace(opts, decoder_sampler="ddim")
+        return to_uint8(self.decode(embed, None, key, opts, x_T=x_T))
+
+    def _inverted_latent(self, image: np.ndarray, embed: np.ndarray, repeat: int) -> jax.Array:
+        size = self.decoder.stage.config.data.image_size
+        low = jax.image.resize(jnp.asarray(image), (size, size, 3), "cubic", antialias=True)
+        x_T = self.decoder.stage.invert(self.decoder.params, low[None], embed)
+        return jnp.repeat(x_T, repeat, axis=0)
+
+    def interpolate(
+        self,
+        embed_a: np.ndarray,
+        embed_b: np.ndarray,
+        key,
+        *,
+        steps: int = 5,
+        x_T=None,
+        opts: SampleOptions | None = None,
+    ) -> np.ndarray:
+        """Images along the slerp from embedding a to b, all from the same decoder noise (or
+        the given latent), so only the embedding changes along the strip."""
+        opts = opts or SampleOptions()
+        embeds = slerp(embed_a, embed_b, np.linspace(0.0, 1.0, steps))
+        if x_T is None:
+            size = self.decoder.stage.config.data.image_size
+            noise = jax.random.normal(jax.random.fold_in(key, 1), (1, size, size, 3))
+            x_T = jnp.repeat(noise, steps, axis=0)
+            opts = dataclasses.replace(opts, decoder_sampler="ddim")
+        return to_uint8(self.decode(embeds, None, key, opts, x_T=x_T))
+
+    def interpolate_images(
+        self, image_a, image_b, key, *, steps=5, keep_latent=False, opts=None
+    ) -> np.ndarray:
+        ea, eb = self.encode_images(np.stack([image_a, image_b]))
+        x_T = None
+        if keep_latent:
+            x_T = self._inverted_latent(image_a, ea[None], steps)
+        return self.interpolate(ea, eb, key, steps=steps, x_T=x_T, opts=opts)
+
+    def interpolate_prompts(self, prompt_a: str, prompt_b: str, key, *, steps=5, opts=None):
+        opts = opts or SampleOptions()
+        embeds, _ = self.image_embeddings([prompt_a, prompt_b], jax.random.fold_in(key, 2), opts)
+        embeds = np.asarray(embeds)
+        return self.interpolate(embeds[0], embeds[1], key, steps=steps, opts=opts)
+
+    def text_diff(
+        self,
+        image,
+        caption_from: str,
+        caption_to: str,
+        key,
+        *,
+        steps=5,
+        max_weight: float = 0.5,
+        opts=None,
+    ) -> np.ndarray:
+        """Move the image's embedding toward normalize(z_t(to) - z_t(from)) by slerp, with
+        weights 0 ... max_weight, keeping the decoder noise fixed (the paper's text diffs)."""
+        embed = self.encode_images(image[None])[0]
+        text = self.encoder.encode_text([caption_from, caption_to])["text_embed"]
+        diff = text[1] - text[0]
+        diff = diff / np.linalg.norm(diff)
+        embeds = slerp(embed, diff, np.linspace(0.0, max_weight, steps))
+        opts = opts or SampleOptions()
+        size = self.decoder.stage.config.data.image_size
+        noise = jax.random.normal(jax.random.fold_in(key, 1), (1, size, size, 3))
+        x_T = jnp.repeat(noise, steps, axis=0)
+        opts = dataclasses.replace(opts, decoder_sampler="ddim")
+        return to_uint8(self.decode(embeds, None, key, opts, x_T=x_T))

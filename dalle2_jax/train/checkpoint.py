@@ -8,6 +8,7 @@ checkpoint written on 8 devices restores on 1 and vice versa. A failed restore r
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import orbax.checkpoint as ocp
@@ -30,6 +31,9 @@ class Checkpointer:
         max_to_keep: int = 3,
         async_save: bool = True,
     ):
+        directory = str(directory)
+        if "://" not in directory:  # orbax needs absolute local paths; keep gs:// etc. as is
+            directory = os.path.abspath(directory)
         self.directory = epath.Path(directory)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,

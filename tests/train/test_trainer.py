@@ -84,3 +84,10 @@ def test_failed_restore_raises(tmp_path):
         train_and_evaluate(wider, tmp_path)
     with pytest.raises(CheckpointRestoreError, match="No checkpoint"):
         restore_train_state(tiny_config(), tmp_path / "empty")
+
+
+def test_relative_workdir_checkpoints(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    train_and_evaluate(tiny_config(**{"num_steps": 3}), "runs/rel")
+    assert (tmp_path / "runs" / "rel" / "toy" / "checkpoints" / "3").is_dir()
+    assert int(restore_train_state(tiny_config(), "runs/rel").step) == 3

@@ -191,7 +191,9 @@ def decoder_config(tiny: bool = False) -> ml_collections.ConfigDict:
             "dtype": "float32",
         }
     )
-    config.diffusion = ml_collections.ConfigDict({"schedule": "cosine", "num_timesteps": 1000})
+    config.diffusion = ml_collections.ConfigDict(
+        {"schedule": "cosine", "num_timesteps": 1000, "prediction": "v"}
+    )
     config.sample = ml_collections.ConfigDict(
         {"num_steps": 64, "sampler": "ddpm", "guidance_scale": 3.0}
     )
@@ -251,7 +253,9 @@ def upsampler_config(tiny: bool = False) -> ml_collections.ConfigDict:
             "dtype": "float32",
         }
     )
-    config.diffusion = ml_collections.ConfigDict({"schedule": "cosine", "num_timesteps": 1000})
+    config.diffusion = ml_collections.ConfigDict(
+        {"schedule": "cosine", "num_timesteps": 1000, "prediction": "v"}
+    )
     config.sample = ml_collections.ConfigDict({"num_steps": 27, "sampler": "ddim"})
     config.eval = ml_collections.ConfigDict({"num_examples": 16, "num_steps": 27})
     config.optim.learning_rate = 5e-4

@@ -146,6 +146,9 @@ class DecoderStage(Stage):
         self.model = Decoder(self.unet_config)
         self.image_drop_prob = float(config.model.get("image_drop_prob", 0.1))
         self.text_drop_prob = float(config.model.get("text_drop_prob", 0.5))
+        # "eps" as in the paper; "v" (Salimans & Ho) keeps the image mean right early in
+        # training, when eps errors blow up at high noise levels (used by the CPU demo).
+        self.prediction = config.diffusion.get("prediction", "eps")
         self.schedule = diffusion.make_schedule(
             config.diffusion.get("schedule", "cosine"), config.diffusion.num_timesteps
         )
@@ -261,7 +264,7 @@ class DecoderStage(Stage):
             model_fn,
             batch["image"],
             key_diffusion,
-            prediction="eps",
+            prediction=self.prediction,
             learned_variance=True,
         )
         return jnp.mean(losses), {
@@ -313,7 +316,7 @@ class DecoderStage(Stage):
             key,
             sampler=sampler,
             num_steps=num_steps,
-            prediction="eps",
+            prediction=self.prediction,
             variance="learned_range",
             x0_transform="clip",
             x_T=x_T,
@@ -404,7 +407,7 @@ class DecoderStage(Stage):
             model_fn,
             images,
             num_steps=num_steps,
-            prediction="eps",
+            prediction=self.prediction,
             learned_variance=True,
         )
 
@@ -442,7 +445,7 @@ class DecoderStage(Stage):
             lambda x, tt: self._apply(params, x, tt, cond),
             batch["image"],
             key,
-            prediction="eps",
+            prediction=self.prediction,
             learned_variance=True,
             t=t,
         )

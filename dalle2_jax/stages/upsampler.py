@@ -99,6 +99,9 @@ class UpsamplerStage(Stage):
                 "The upsampler U-Net has no attention: set config.model.attention_resolutions=()."
             )
         self.model = UNet(self.unet_config)
+        # "eps" as in the paper; "v" (Salimans & Ho) keeps the image mean right early in
+        # training, when eps errors blow up at high noise levels (used by the CPU demo).
+        self.prediction = config.diffusion.get("prediction", "eps")
         self.schedule = diffusion.make_schedule(
             config.diffusion.get("schedule", "cosine"), config.diffusion.num_timesteps
         )
@@ -142,7 +145,7 @@ class UpsamplerStage(Stage):
         low_res = batch["low_res"].astype(jnp.float32)
         model_fn = lambda x, t: self._apply(params, x, t, low_res, True, key_dropout)
         losses, _ = diffusion.training_loss(
-            self.schedule, model_fn, batch["image"], key_diffusion, prediction="eps"
+            self.schedule, model_fn, batch["image"], key_diffusion, prediction=self.prediction
         )
         return jnp.mean(losses), {}
 
@@ -157,7 +160,7 @@ class UpsamplerStage(Stage):
             key,
             sampler=sampler,
             num_steps=num_steps,
-            prediction="eps",
+            prediction=self.prediction,
             x0_transform="clip",
         )
 

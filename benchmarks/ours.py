@@ -1,0 +1,361 @@
+"""Our side of the benchmark: the real stages (loss, sampler) at the sizes of `sizes.py`.
+
+Training runs the trainer's step (`make_train_step`: the stage's loss, clipping, AdamW, EMA)
+jitted with donated state on one device; its FLOPs come from XLA's cost analysis of the
+compiled program and its memory from XLA's memory analysis. Sampling calls the stages'
+`sample` methods (one compiled program each) with randomly initialised parameters.
+
+Each runner has the same interface as the peer's: `setup() -> info`, `run(n) -> seconds`.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from configs import common
+from configs.prior_paper import base_prior_config
+from dalle2_jax import stages
+from dalle2_jax.stages.base import Stage
+from dalle2_jax.train.optimizer import make_optimizer
+from dalle2_jax.train.state import TrainState, num_params
+from dalle2_jax.train.step import make_train_step
+
+Spec = dict[str, Any]
+EMA_DECAY = 0.9999
+
+
+# -- the machine ----------------------------------------------------------------------------
+
+
+def device_info() -> dict[str, Any]:
+    """Platform, device kind and count of the default backend."""
+    dev = jax.devices()[0]
+    return {
+        "platform": dev.platform,
+        "device_kind": dev.device_kind,
+        "num_devices": jax.device_count(),
+        "jax": jax.__version__,
+    }
+
+
+def peak_flops(dtype: str, n: int, repeats: int) -> dict[str, Any]:
+    """Measured peak FLOP/s: median time of `repeats` n x n `jnp.dot`s in `dtype`."""
+    ka, kb = jax.random.split(jax.random.key(0))
+    a = jax.random.normal(ka, (n, n), jnp.dtype(dtype))
+    b = jax.random.normal(kb, (n, n), jnp.dtype(dtype))
+    dot = jax.jit(jnp.dot)
+    dot(a, b).block_until_ready()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        dot(a, b).block_until_ready()
+        times.append(time.perf_counter() - t0)
+    median = statistics.median(times)
+    return {"n": n, "dtype": dtype, "seconds": median, "flops_per_s": 2.0 * n**3 / median}
+
+
+def device_peak_bytes() -> int | None:
+    """The device allocator's high-water mark (GPU/TPU; None where not reported, e.g. CPU).
+    It covers the whole process so far, not one row."""
+    stats = jax.devices()[0].memory_stats()
+    return None if not stats else stats.get("peak_bytes_in_use")
+
+
+# -- stages at the benchmark sizes ------------------------------------------------------------
+
+
+def prior_config(spec: Spec, dtype: str) -> ml_collections.ConfigDict:
+    """The prior stage attending to D-wide caption encodings (width = CLIP dim = D)."""
+    config = base_prior_config()
+    d = spec["dim"]
+    config.model.update(
+        {
+            "clip_dim": d,
+            "text_len": spec["text_len"],
+            "text_width": d,
+            "width": d,
+            "depth": spec["depth"],
+            "heads": spec["heads"],
+            "mlp_dim": 4 * d,
+            "use_text_encodings": True,
+            "dtype": dtype,
+            "scan_layers": False,
+            "remat": False,
+        }
+    )
+    config.embed_norm.update({"kind": "fixed", "scale": d**0.5})
+    config.diffusion.num_timesteps = spec["timesteps"]
+    config.batch_size = spec["batch"]
+    return config
+
+
+def decoder_config(spec: Spec, dtype: str) -> ml_collections.ConfigDict:
+    """The decoder stage (GLIDE U-Net, learned variance, CLIP + caption context)."""
+    config = common.base_config()
+    config.stage = "decoder"
+    config.batch_size = spec["batch"]
+    config.data = ml_collections.ConfigDict(
+        {
+            "source": "synthetic",
+            "image_size": spec["image_size"],
+            "text_len": spec["text_len"],
+            "num_examples": 1,
+        }
+    )
+    config.model = ml_collections.ConfigDict(
+        {
+            "model_channels": spec["channels"],
+            "channel_mult": tuple(spec["channel_mult"]),
+            "num_res_blocks": spec["num_res_blocks"],
+            "attention_resolutions": tuple(spec["attention_resolutions"]),
+            "num_head_channels": spec["head_channels"],
+            "resblock_updown": False,
+            "dropout": 0.0,
+            "clip_embed_dim": spec["clip_dim"],
+            "num_clip_tokens": 4,
+            "text_embed_dim": spec["text_dim"],
+            "context_dim": spec["context_dim"],
+            "text_encoder_layers": 0,
+            "dtype": dtype,
+        }
+    )
+    config.diffusion = ml_collections.ConfigDict(
+        {"schedule": "cosine", "num_timesteps": spec["timesteps"]}
+    )
+    return config
+
+
+def upsampler_config(spec: Spec, dtype: str) -> ml_collections.ConfigDict:
+    """The upsampler stage trained at its full output size (crop = image size)."""
+    config = common.base_config()
+    config.stage = "upsampler"
+    config.batch_size = spec["batch"]
+    size = spec["image_size"]
+    config.data = ml_collections.ConfigDict(
+        {"image_size": size, "crop_size": size, "factor": spec["factor"], "augment": "none"}
+    )
+    config.model = ml_collections.ConfigDict(
+        {
+            "model_channels": spec["channels"],
+            "channel_mult": tuple(spec["channel_mult"]),
+            "num_res_blocks": spec["num_res_blocks"],
+            "attention_resolutions": (),
+            "resblock_updown": False,
+            "dropout": 0.0,
+            "dtype": dtype,
+        }
+    )
+    config.diffusion = ml_collections.ConfigDict(
+        {"schedule": "cosine", "num_timesteps": spec["timesteps"]}
+    )
+    return config
+
+
+CONFIGS = {"prior": prior_config, "decoder": decoder_config, "upsampler": upsampler_config}
+
+
+def build_stage(model: str, spec: Spec, dtype: str) -> Stage:
+    return stages.get_stage(CONFIGS[model](spec, dtype))
+
+
+def init_params(stage: Stage, seed: int = 0) -> Any:
+    """Random parameters of the stage's shapes: kernels and embeddings N(0, 1/fan_in), biases
+    0, norm scales 1. Shapes come from `jax.eval_shape(stage.init)`, which skips compiling
+    the model's initialiser (seconds per model on CPU); timings do not depend on the values."""
+    abstract = nn.unbox(jax.eval_shape(stage.init, jax.random.key(seed)))
+    rng = np.random.default_rng(seed)
+
+    def draw(path: tuple, leaf: jax.ShapeDtypeStruct) -> jax.Array:
+        name = str(getattr(path[-1], "key", path[-1]))
+        if name == "bias":
+            value = np.zeros(leaf.shape)
+        elif name == "scale":
+            value = np.ones(leaf.shape)
+        else:
+            fan_in = int(np.prod(leaf.shape[:-1])) if len(leaf.shape) > 1 else leaf.shape[-1]
+            value = rng.standard_normal(leaf.shape) / np.sqrt(max(fan_in, 1))
+        return jnp.asarray(value, leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(draw, abstract)
+
+
+def random_batch(stage: Stage, batch: int, seed: int = 0) -> dict[str, jax.Array]:
+    """A training batch of the stage's spec: images in [-1, 1], unit embeddings, Gaussian
+    caption encodings with every token valid."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, s in stage.batch_spec().items():
+        shape = (batch, *s.shape)
+        if s.dtype == jnp.bool_:
+            value = np.ones(shape, bool)
+        elif name in ("image", "low_res"):
+            value = rng.uniform(-1.0, 1.0, shape)
+        else:
+            value = rng.standard_normal(shape)
+            if name.endswith("_embed"):
+                value /= np.linalg.norm(value, axis=-1, keepdims=True)
+        out[name] = jnp.asarray(value, s.dtype)
+    return out
+
+
+def _xla_memory_bytes(compiled: Any) -> int | None:
+    """Arguments + outputs + temporaries - donated aliases of a compiled program."""
+    try:
+        m = compiled.memory_analysis()
+    except (AttributeError, NotImplementedError):
+        return None
+    if m is None:
+        return None
+    total = (
+        m.argument_size_in_bytes
+        + m.output_size_in_bytes
+        + m.temp_size_in_bytes
+        - m.alias_size_in_bytes
+    )
+    return int(total)
+
+
+# -- runners ----------------------------------------------------------------------------------
+
+
+class TrainRunner:
+    """The donated, jitted train step of one stage on a fixed random batch."""
+
+    def __init__(self, model: str, spec: Spec, dtype: str):
+        self.model, self.spec, self.dtype = model, spec, dtype
+
+    def setup(self) -> dict[str, Any]:
+        config = CONFIGS[self.model](self.spec, self.dtype)
+        stage = stages.get_stage(config)
+        tx, schedule = make_optimizer(config.optim, config.num_steps)
+        params = init_params(stage)
+        self.state = TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            ema_params=jax.tree.map(jnp.copy, params),
+            opt_state=jax.jit(tx.init)(params),
+        )
+        self.batch = random_batch(stage, self.spec["batch"])
+        self.key = jax.random.key(1)
+        step = make_train_step(stage.loss, tx, schedule, ema_decay=EMA_DECAY)
+        t0 = time.perf_counter()
+        lowered = jax.jit(step, donate_argnums=(0,)).lower(self.state, self.batch, self.key)
+        self.compiled = lowered.compile()
+        compile_s = time.perf_counter() - t0
+        cost = self.compiled.cost_analysis()
+        if isinstance(cost, list | tuple):
+            cost = cost[0] if cost else {}
+        return {
+            "params": num_params(params),
+            "batch": self.spec["batch"],
+            "compile_s": compile_s,
+            "flops_per_step": float((cost or {}).get("flops", 0.0)),
+            "xla_memory_bytes": _xla_memory_bytes(self.compiled),
+        }
+
+    def run(self, n: int) -> list[float]:
+        times = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            self.state, metrics = self.compiled(self.state, self.batch, self.key)
+            jax.block_until_ready((self.state, metrics))
+            times.append(time.perf_counter() - t0)
+        return times
+
+
+class SampleRunner:
+    """One stage's `sample` (or the chain prior -> decoder -> upsampler for "e2e")."""
+
+    def __init__(self, model: str, size: dict[str, Spec], dtype: str, cache: dict | None = None):
+        self.model, self.size, self.dtype = model, size, dtype
+        self.cache = {} if cache is None else cache  # stages + params shared with e2e
+        self.calls = 0
+
+    def _stage(self, model: str) -> tuple[Stage, Any]:
+        if model not in self.cache:
+            stage = build_stage(model, self.size[model], self.dtype)
+            self.cache[model] = (stage, init_params(stage))
+        return self.cache[model]
+
+    def setup(self) -> dict[str, Any]:
+        prior, dec, up = self.size["prior"], self.size["decoder"], self.size["upsampler"]
+        batch = {"prior": prior, "decoder": dec, "upsampler": up, "e2e": prior}[self.model]
+        b = batch["sample_batch"]
+        rng = np.random.default_rng(0)
+        text_embed = rng.standard_normal((b, prior["dim"]))
+        text_embed /= np.linalg.norm(text_embed, axis=-1, keepdims=True)
+        self.text_embed = jnp.asarray(text_embed, jnp.float32)
+        self.text_tokens = jnp.asarray(
+            rng.standard_normal((b, prior["text_len"], prior["dim"])), jnp.float16
+        )
+        self.text_mask = jnp.ones((b, prior["text_len"]), bool)
+        low = up["image_size"] // up["factor"]
+        self.low_res = jnp.asarray(rng.uniform(-1, 1, (b, low, low, 3)), jnp.float32)
+        models = list(self.size) if self.model == "e2e" else [self.model]
+        params = sum(num_params(self._stage(m)[1]) for m in models)
+        t0 = time.perf_counter()
+        self.run(1)  # compile (or reuse) and run once
+        first_call_s = time.perf_counter() - t0
+        steps = {m: self.size[m]["sample_steps"] for m in models}
+        return {"params": params, "batch": b, "first_call_s": first_call_s, "steps": steps}
+
+    def _prior(self, key: jax.Array) -> jax.Array:
+        stage, params = self._stage("prior")
+        spec = self.size["prior"]
+        return stage.sample(
+            params,
+            self.text_embed,
+            self.text_tokens,
+            self.text_mask,
+            key,
+            num_steps=spec["sample_steps"],
+            sampler="ddim",
+            guidance_scale=1.0,
+            best_of=spec["best_of"],
+        )
+
+    def _decoder(self, image_embed: jax.Array, key: jax.Array) -> jax.Array:
+        stage, params = self._stage("decoder")
+        return stage.sample(
+            params,
+            image_embed,
+            key,
+            text_tokens=self.text_tokens,
+            text_mask=self.text_mask,
+            num_steps=self.size["decoder"]["sample_steps"],
+            sampler="ddim",
+            guidance_scale=1.0,
+        )
+
+    def _upsampler(self, low_res: jax.Array, key: jax.Array) -> jax.Array:
+        stage, params = self._stage("upsampler")
+        steps = self.size["upsampler"]["sample_steps"]
+        return stage.sample(params, low_res, key, num_steps=steps, sampler="ddim")
+
+    def _once(self, key: jax.Array) -> jax.Array:
+        k1, k2, k3 = jax.random.split(key, 3)
+        if self.model == "prior":
+            return self._prior(k1)
+        if self.model == "decoder":
+            return self._decoder(self.text_embed, k2)
+        if self.model == "upsampler":
+            return self._upsampler(self.low_res, k3)
+        return self._upsampler(self._decoder(self._prior(k1), k2), k3)
+
+    def run(self, n: int) -> list[float]:
+        times = []
+        for _ in range(n):
+            key = jax.random.fold_in(jax.random.key(2), self.calls)
+            self.calls += 1
+            t0 = time.perf_counter()
+            jax.block_until_ready(self._once(key))
+            times.append(time.perf_counter() - t0)
+        return times

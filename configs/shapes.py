@@ -39,10 +39,10 @@ def clip_config(tiny: bool = False) -> ml_collections.ConfigDict:
     config = common.base_config()
     config.stage = "clip"
     config.seed = SEED
-    config.num_steps = 600
+    config.num_steps = 500
     config.batch_size = 128
     config.log_every = 20
-    config.eval_every = 200
+    config.eval_every = 250
     config.data = ml_collections.ConfigDict(
         {
             "image_size": CLIP_SIZE,
@@ -87,7 +87,7 @@ def clip_config(tiny: bool = False) -> ml_collections.ConfigDict:
     config.optim.b2 = 0.98
     config.optim.eps = 1e-6
     config.optim.ema_decay = 0.99
-    config.checkpoint.every_steps = 200
+    config.checkpoint.every_steps = 250
     if tiny:
         config.num_steps = 4
         config.batch_size = 16
@@ -110,7 +110,7 @@ def prior_config(tiny: bool = False) -> ml_collections.ConfigDict:
     config.seed = SEED
     config.embeddings = embeddings_config(tiny)
     config.mesh = common.base_config().mesh
-    config.num_steps = 1500
+    config.num_steps = 1000
     config.batch_size = 128
     config.log_every = 50
     config.eval_every = 500
@@ -156,7 +156,7 @@ def decoder_config(tiny: bool = False) -> ml_collections.ConfigDict:
     config.stage = "decoder"
     config.seed = SEED
     config.embeddings = embeddings_config(tiny)
-    config.num_steps = 2000
+    config.num_steps = 1000
     config.batch_size = 32
     config.log_every = 20
     config.eval_every = 500
@@ -180,6 +180,7 @@ def decoder_config(tiny: bool = False) -> ml_collections.ConfigDict:
             "attention_resolutions": (8,),
             "num_head_channels": 32,
             "dropout": 0.0,
+            "resblock_updown": False,
             "clip_embed_dim": 128,
             "num_clip_tokens": 4,
             "text_embed_dim": 128,

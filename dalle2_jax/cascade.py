@@ -64,16 +64,20 @@ def prepare_stage(config: ml_collections.ConfigDict, workdir: str | Path) -> Non
         config.data.eval_embeddings_dir = str(embeddings_dir(workdir, "eval"))
 
 
-def train_cascade(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
-    """Train every stage of `config.stages` in `config.order`, then sample and evaluate."""
+def train_cascade(config: ml_collections.ConfigDict, workdir: str | Path) -> dict | None:
+    """Train every stage of `config.stages` in `config.order`, then sample and evaluate.
+    Returns None if a stage was preempted (SIGTERM): the run stops cleanly, resumable."""
     workdir = Path(workdir)
     timings = {}
     for name in config.order:
         start = time.perf_counter()
         stage_config = config.stages[name]
         prepare_stage(stage_config, workdir)
-        train_and_evaluate(stage_config, workdir)
+        state = train_and_evaluate(stage_config, workdir)
         timings[name] = time.perf_counter() - start
+        if int(state.step) < stage_config.num_steps:  # preempted (SIGTERM): stop here
+            log.warning("Stopped in stage %s at step %d; rerun to resume.", name, state.step)
+            return None
         log.info("Stage %s done in %.0fs.", name, timings[name])
     start = time.perf_counter()
     result = sample_and_evaluate(config, workdir)

@@ -26,6 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dalle2_jax.models.count import param_count_abstract as count_params
 from dalle2_jax.models.embeddings import timestep_embedding
 from dalle2_jax.models.layers import (
     ACTIVATIONS,
@@ -278,9 +279,7 @@ class DiffusionPrior(nn.Module):
 
 def param_count_abstract(config: PriorConfig) -> int:
     """Parameter count of a prior config without allocating it (`jax.eval_shape`)."""
-    model = DiffusionPrior(config)
-    shapes = jax.eval_shape(lambda r: model.init(r, *dummy_inputs(config)), jax.random.key(0))
-    return sum(int(x.size) for x in jax.tree.leaves(nn.unbox(shapes["params"])))
+    return count_params(DiffusionPrior(config), *dummy_inputs(config))
 
 
 __all__ = [

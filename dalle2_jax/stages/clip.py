@@ -28,6 +28,7 @@ from dalle2_jax.models.clip import (
     dummy_inputs,
     preprocess_images,
 )
+from dalle2_jax.models.count import param_count_abstract as count_params
 from dalle2_jax.stages import register
 from dalle2_jax.stages.base import Stage
 from dalle2_jax.text import CaptionBpeTokenizer, Tokenizer, load_tokenizer
@@ -170,6 +171,4 @@ class ClipStage(Stage):
 
 def param_count_abstract(config: CLIPConfig) -> int:
     """Parameter count of a CLIP config without allocating it (`jax.eval_shape`)."""
-    model = CLIP(config)
-    shapes = jax.eval_shape(lambda r: model.init(r, *dummy_inputs(config)), jax.random.key(0))
-    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
+    return count_params(CLIP(config), *dummy_inputs(config))

@@ -40,7 +40,7 @@ def clip_config(tiny: bool = False) -> ml_collections.ConfigDict:
     config.stage = "clip"
     config.seed = SEED
     config.num_steps = 500
-    config.batch_size = 128
+    config.batch_size = 64  # groups of `hard_negatives` scenes: 128 images per step
     config.log_every = 20
     config.eval_every = 250
     config.data = ml_collections.ConfigDict(
@@ -53,6 +53,10 @@ def clip_config(tiny: bool = False) -> ml_collections.ConfigDict:
             "eval_source": "",
             "shuffle": True,
             "num_threads": 2,
+            # Each training scene comes with a sibling of another shape (data.shapes_negatives):
+            # a random batch gives shape almost no contrastive pressure.
+            "hard_negatives": 2,
+            "hard_negative_attribute": "shape",
         }
     )
     config.model = ml_collections.ConfigDict(
@@ -90,7 +94,7 @@ def clip_config(tiny: bool = False) -> ml_collections.ConfigDict:
     config.checkpoint.every_steps = 250
     if tiny:
         config.num_steps = 4
-        config.batch_size = 16
+        config.batch_size = 8
         config.log_every = 1
         config.eval_every = 4
         config.checkpoint.every_steps = 2

@@ -404,7 +404,13 @@ class UNet(nn.Module):
                     f"clip_embed must be [B, clip_embed_dim] = ({batch}, {cfg.clip_embed_dim}), "
                     f"got {clip_embed.shape}"
                 )
+            # CLIP embeddings are unit-norm, so each component is ~D^-1/2: rescaled to unit RMS
+            # the conditioning enters at the timestep embedding's scale instead of ~10% of it
+            # (without this the demo decoder ignored shape, size and background for 1500 steps).
             clip_embed = clip_embed.astype(jnp.float32)
+            clip_embed = clip_embed * jax.lax.rsqrt(
+                jnp.mean(jnp.square(clip_embed), axis=-1, keepdims=True) + 1e-12
+            )
             emb = emb + dense(
                 cfg.time_embed_dim, ("embed", "mlp"), dtype=jnp.float32, name="clip_emb_proj"
             )(clip_embed)

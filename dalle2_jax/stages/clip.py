@@ -19,6 +19,7 @@ import optax
 
 from dalle2_jax.data.shapes import ShapesSource
 from dalle2_jax.data.shapes_captions import caption
+from dalle2_jax.data.shapes_negatives import HardNegativeGroups
 from dalle2_jax.data.sources import open_source
 from dalle2_jax.models.clip import (
     CLIP,
@@ -91,8 +92,10 @@ class TokenizedSource:
 
     def __getitem__(self, index: int) -> dict:
         example = dict(self.source[index])
-        ids, mask = self.tokenizer([example["caption"]])
-        example["ids"], example["mask"] = ids[0], mask[0]
+        captions = example["caption"]
+        grouped = isinstance(captions, list)  # a hard-negative group: [k] captions
+        ids, mask = self.tokenizer(captions if grouped else [captions])
+        example["ids"], example["mask"] = (ids, mask) if grouped else (ids[0], mask[0])
         return example
 
 
@@ -121,8 +124,15 @@ class ClipStage(Stage):
         out = self.model.apply({"params": params}, batch["ids"], images, batch["mask"])
         return out["text_embeds"], out["image_embeds"]
 
+    @property
+    def group_size(self) -> int:
+        """Examples per hard-negative group (1: plain random batches)."""
+        return int(self.config.data.get("hard_negatives", 1))
+
     def loss(self, params, batch, rng):
         del rng
+        if self.group_size > 1:  # [B, k, ...] groups -> one contrastive batch of B * k
+            batch = {k: v.reshape(-1, *v.shape[2:]) for k, v in batch.items()}
         text, image = self._embed(params, batch)
         scale = jnp.exp(jnp.minimum(params["logit_scale"], MAX_LOGIT_SCALE))
         loss, accuracy = contrastive_loss(scale * text @ image.T)
@@ -130,18 +140,29 @@ class ClipStage(Stage):
 
     def batch_spec(self):
         size, ctx = self.config.data.image_size, self.clip_config.text.context_length
+        group = (self.group_size,) if self.group_size > 1 else ()
         return {
-            "image": jax.ShapeDtypeStruct((size, size, 3), jnp.float32),
-            "ids": jax.ShapeDtypeStruct((ctx,), jnp.int32),
-            "mask": jax.ShapeDtypeStruct((ctx,), jnp.bool_),
+            "image": jax.ShapeDtypeStruct((*group, size, size, 3), jnp.float32),
+            "ids": jax.ShapeDtypeStruct((*group, ctx), jnp.int32),
+            "mask": jax.ShapeDtypeStruct((*group, ctx), jnp.bool_),
         }
 
     def source(self, split):
         """`config.data.train_source` / `eval_source` (see `data.sources.open_source`) if set,
-        else the embedded shapes dataset's split."""
+        else the embedded shapes dataset's split; shapes training batches come in groups of
+        `config.data.hard_negatives` scenes differing in one attribute (`data.shapes_negatives`)."""
         spec = self.config.data.get(f"{split}_source")
         if spec:
+            if split == "train" and self.group_size > 1:
+                raise ValueError("config.data.hard_negatives > 1 needs the shapes dataset.")
             images = open_source(spec)
+        elif split == "train" and self.group_size > 1:
+            images = HardNegativeGroups(
+                self.config.seed,
+                self.config.data.image_size,
+                self.group_size,
+                self.config.data.get("hard_negative_attribute", "shape"),
+            )
         else:
             images = ShapesSource(
                 seed=self.config.seed, image_size=self.config.data.image_size, split=split
@@ -150,7 +171,8 @@ class ClipStage(Stage):
 
     def evaluate(self, params, rng):
         """Zero-shot caption->image retrieval top-1 / top-5 among held-out (never trained on)
-        and seen-combination pairs."""
+        and seen-combination pairs; on shapes also `shape_pair_accuracy`: how often a caption
+        scores its own image above the same scene with another shape (chance 0.5)."""
         del rng
         metrics = {}
         embed = jax.jit(self._embed)
@@ -166,7 +188,21 @@ class ClipStage(Stage):
             name = "heldout" if split == "eval" else "seen"
             metrics[f"retrieval_top1_{name}"] = float(np.mean(rank == 0))
             metrics[f"retrieval_top5_{name}"] = float(np.mean(rank < 5))
+            if not self.config.data.get("eval_source"):
+                metrics[f"shape_pair_accuracy_{name}"] = self._pair_accuracy(embed, params, split)
         return metrics
+
+    def _pair_accuracy(self, embed, params, split: str) -> float:
+        pairs = TokenizedSource(
+            HardNegativeGroups(self.config.seed, self.config.data.image_size, 2, split=split),
+            self.tokenizer,
+        )
+        groups = [pairs[i] for i in range(self.config.eval.num_examples)]
+        batch = {k: np.concatenate([g[k] for g in groups]) for k in ("image", "ids", "mask")}
+        text, image = (np.asarray(x).reshape(len(groups), 2, -1) for x in embed(params, batch))
+        own = np.sum(text[:, 0] * image[:, 0], -1)
+        other = np.sum(text[:, 0] * image[:, 1], -1)
+        return float(np.mean(own > other))
 
 
 def param_count_abstract(config: CLIPConfig) -> int:

@@ -27,7 +27,7 @@ from dalle2_jax.data.shapes import ShapesSource
 from dalle2_jax.models.unet import UNet, UNetConfig
 from dalle2_jax.stages import register
 from dalle2_jax.stages.base import ExampleSource, Stage
-from dalle2_jax.stages.upsampler import unet_config_from
+from dalle2_jax.stages.upsampler import snr_weighting_from, unet_config_from
 
 STAGE_ONLY_MODEL_FIELDS = ("image_drop_prob", "text_drop_prob")
 SAMPLE_DEFAULTS = {"num_steps": 64, "sampler": "ddpm", "guidance_scale": 3.0}
@@ -159,6 +159,11 @@ class DecoderStage(Stage):
         self._invert_jit = jax.jit(self._invert_program, static_argnames=("num_steps",))
 
     @property
+    def loss_weighting(self) -> dict:
+        """SNR weighting of the MSE from `config.diffusion` (None, "p2" or "min_snr")."""
+        return snr_weighting_from(self.config.diffusion)
+
+    @property
     def uses_text(self) -> bool:
         return self.unet_config.text_embed_dim is not None
 
@@ -266,6 +271,7 @@ class DecoderStage(Stage):
             key_diffusion,
             prediction=self.prediction,
             learned_variance=True,
+            **self.loss_weighting,
         )
         return jnp.mean(losses), {
             "mse": jnp.mean(terms["mse"]),

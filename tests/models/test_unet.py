@@ -154,8 +154,19 @@ def test_upsampler_is_fully_convolutional_and_reads_the_low_res_image():
 def test_clip_embedding_changes_output(decoder):
     cfg, _, params, apply = decoder
     kw = _inputs(cfg)
-    other = dict(kw, clip_embed=kw["clip_embed"] + 1.0)
+    other = dict(kw, clip_embed=kw["clip_embed"][::-1])
     assert np.abs(np.asarray(apply(params, kw) - apply(params, other))).max() > 1e-3
+
+
+def test_clip_embedding_enters_at_unit_rms_whatever_its_norm(decoder):
+    """A unit-norm CLIP vector (components ~D^-1/2) conditions exactly like the same direction
+    at any other scale: the U-Net rescales it to unit RMS before projecting."""
+    cfg, _, params, apply = decoder
+    kw = _inputs(cfg)
+    unit = kw["clip_embed"] / jnp.linalg.norm(kw["clip_embed"], axis=-1, keepdims=True)
+    a = apply(params, dict(kw, clip_embed=unit))
+    b = apply(params, dict(kw, clip_embed=unit * cfg.clip_embed_dim**0.5))
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
 
 
 def test_clip_tokens_are_attended_even_when_the_caption_is_dropped(decoder):
@@ -165,7 +176,7 @@ def test_clip_tokens_are_attended_even_when_the_caption_is_dropped(decoder):
     params = dict(params, clip_emb_proj=jax.tree.map(jnp.zeros_like, params["clip_emb_proj"]))
     kw = _inputs(cfg)
     kw["text_mask"] = jnp.zeros_like(kw["text_mask"])
-    other = dict(kw, clip_embed=kw["clip_embed"] + 1.0)
+    other = dict(kw, clip_embed=kw["clip_embed"][::-1])
     assert np.abs(np.asarray(apply(params, kw) - apply(params, other))).max() > 1e-4
 
 

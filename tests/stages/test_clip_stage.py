@@ -3,6 +3,7 @@ few training steps through the generic trainer with the retrieval metric."""
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -62,3 +63,26 @@ def test_clip_stage_trains_and_reports_retrieval(tmp_path):
         assert 0.0 <= last[f"eval/{key}"] <= 1.0
     assert all(np.isfinite(r["loss"]) for r in rows)
     assert 0 < rows[0]["logit_scale"] < 100.0
+
+
+def test_hard_negative_groups_are_one_contrastive_batch():
+    """A batch of B groups of k is scored exactly like the flat batch of B * k examples."""
+    from dalle2_jax.stages.clip import ClipStage
+
+    config = shapes.get_config("clip_tiny")
+    config.data.hard_negatives = 1
+    flat_stage = ClipStage(config)
+    config = config.copy_and_resolve_references()
+    config.data.hard_negatives = 2
+    stage = ClipStage(config)
+    assert stage.batch_spec()["image"].shape[0] == 2
+    source = stage.source("train")
+    groups = [source[i] for i in range(4)]
+    batch = {k: np.stack([g[k] for g in groups]) for k in ("image", "ids", "mask")}
+    flat = {k: v.reshape(-1, *v.shape[2:]) for k, v in batch.items()}
+    params = nn.unbox(stage.init(jax.random.key(0)))
+    grouped_loss, _ = stage.loss(params, batch, None)
+    flat_loss, _ = flat_stage.loss(params, flat, None)
+    np.testing.assert_allclose(float(grouped_loss), float(flat_loss), rtol=1e-6)
+    metrics = stage.evaluate(params, jax.random.key(1))
+    assert 0.0 <= metrics["shape_pair_accuracy_heldout"] <= 1.0

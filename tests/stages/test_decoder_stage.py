@@ -119,3 +119,18 @@ def test_trainer_runs_and_reports_denoising_mse(tmp_path):
     assert all(np.isfinite(r["loss"]) for r in rows if "loss" in r)
     last = rows[-1]
     assert 0.0 < last["eval/mse"] < 10.0 and np.isfinite(last["eval/vlb_t0.5"])
+
+
+def test_config_snr_weighting_reaches_the_loss(setup):
+    """min-SNR-gamma on an eps decoder weights the MSE by min(SNR, gamma) / SNR: with a huge
+    gamma that is 1 everywhere (the unweighted loss), with gamma = 1 it is not."""
+    _, params, batch = setup
+
+    def loss(**diffusion):
+        config = decoder_config(tiny=True)
+        config.diffusion.update({"prediction": "eps", **diffusion})
+        return float(get_stage(config).loss(params, batch, jax.random.key(3))[0])
+
+    plain = loss()
+    np.testing.assert_allclose(loss(snr_weighting="min_snr", min_snr_gamma=1e12), plain, rtol=1e-5)
+    assert abs(loss(snr_weighting="min_snr", min_snr_gamma=1.0) - plain) > 1e-3 * plain

@@ -239,13 +239,18 @@ class TrainRunner:
             torch._foreach_lerp_(self.ema, self.params, 1.0 - EMA_DECAY)
 
     def run(self, n: int) -> list[float]:
-        times = []
-        for _ in range(n):
-            t0 = time.perf_counter()
-            self._step()
-            _sync()
-            times.append(time.perf_counter() - t0)
-        return times
+        return _timed_calls(self._step, n)
+
+
+def _timed_calls(fn, n: int) -> list[float]:
+    """Wall time of each of `n` synchronised calls of `fn`."""
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        _sync()
+        times.append(time.perf_counter() - t0)
+    return times
 
 
 class SampleRunner:
@@ -307,14 +312,8 @@ class SampleRunner:
         return self.decoder.sample(image_embed=self._prior(), text_encodings=tokens)
 
     def run(self, n: int) -> list[float]:
-        times = []
         with torch.inference_mode(), _autocast(self.dtype):
-            for _ in range(n):
-                t0 = time.perf_counter()
-                self._once()
-                _sync()
-                times.append(time.perf_counter() - t0)
-        return times
+            return _timed_calls(self._once, n)
 
 
 # -- process ----------------------------------------------------------------------------------

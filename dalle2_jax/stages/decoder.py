@@ -159,11 +159,6 @@ class DecoderStage(Stage):
         self._invert_jit = jax.jit(self._invert_program, static_argnames=("num_steps",))
 
     @property
-    def loss_weighting(self) -> dict:
-        """SNR weighting of the MSE from `config.diffusion` (None, "p2" or "min_snr")."""
-        return snr_weighting_from(self.config.diffusion)
-
-    @property
     def uses_text(self) -> bool:
         return self.unet_config.text_embed_dim is not None
 
@@ -271,7 +266,7 @@ class DecoderStage(Stage):
             key_diffusion,
             prediction=self.prediction,
             learned_variance=True,
-            **self.loss_weighting,
+            **snr_weighting_from(self.config.diffusion),
         )
         return jnp.mean(losses), {
             "mse": jnp.mean(terms["mse"]),

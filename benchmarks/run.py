@@ -1,7 +1,7 @@
 """Training throughput, MFU and sampling latency of our stages, side by side with DALLE2-pytorch.
 
   python benchmarks/run.py [--quick] [--no-peer] [--dtype float32|bfloat16]
-      [--sizes tiny,medium] [--models prior,decoder,upsampler] [--cpus N] [--out bench.json]
+      [--sizes tiny,medium,large] [--models prior,decoder,upsampler] [--cpus N] [--out bench.json]
   python benchmarks/run.py --setup-peer   # benchmarks/.peer-venv: torch==2.13.0 dalle2-pytorch
 
 One row per (model, size, mode). "train": median step time of the donated, jitted train step
@@ -43,6 +43,8 @@ SCHEDULES = {
     "quick": {"train": (1, 2, 2), "sample": (1, 2, 1), "peak_n": 1024, "peak_repeats": 5},
     "full": {"train": (2, 4, 3), "sample": (1, 3, 1), "peak_n": 2048, "peak_repeats": 5},
 }
+# An accelerator's matmul peak needs a product long enough to hide the dispatch (~1 ms).
+ACCELERATOR_PEAK = {"peak_n": 8192, "peak_repeats": 10}
 
 
 # -- the peer process -----------------------------------------------------------------------
@@ -253,7 +255,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="compute dtype (default: float32 on CPU, bfloat16 elsewhere)",
     )
-    parser.add_argument("--sizes", default=None, help="comma-separated (default tiny,medium)")
+    parser.add_argument(
+        "--sizes", default=None, help="comma-separated tiny,medium,large (default tiny,medium)"
+    )
     parser.add_argument(
         "--models",
         default=",".join(size_specs.MODELS),
@@ -281,11 +285,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.cpus:  # before JAX starts its thread pools; the peer subprocess inherits it
         allowed = sorted(os.sched_getaffinity(0))[: args.cpus]
         os.sched_setaffinity(0, allowed)
+    peer_python = None if args.no_peer else args.peer_python
+    if peer_python is not None:
+        # Both sides share one accelerator: JAX must not take 75% of its memory up front.
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     from benchmarks import ours
 
     device = ours.device_info()
     dtype = args.dtype or ("float32" if device["platform"] == "cpu" else "bfloat16")
-    schedule = SCHEDULES["quick" if args.quick else "full"]
+    schedule = dict(SCHEDULES["quick" if args.quick else "full"])
+    if device["platform"] != "cpu" and not args.quick:
+        schedule.update(ACCELERATOR_PEAK)
     size_names = (
         args.sizes.split(",") if args.sizes else (["tiny"] if args.quick else ["tiny", "medium"])
     )
@@ -293,10 +303,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     unknown = sorted(set(models) - set(size_specs.MODELS))
     if unknown:
         raise SystemExit(f"Unknown models {unknown}; choose from {size_specs.MODELS}.")
-    peer_python = None if args.no_peer else args.peer_python
 
     peak_args = (dtype, schedule["peak_n"], schedule["peak_repeats"])
     peak_start = ours.peak_flops(*peak_args)
+    meta = {
+        **device,
+        "dtype": dtype,
+        "cpus": len(os.sched_getaffinity(0)),
+        "quick": args.quick,
+        "peer": None if peer_python is None else _peer_versions(peer_python),
+        "peak_matmul": {"start": peak_start},
+        "peak_flops_per_s": peak_start["flops_per_s"],
+        "schedule": schedule,
+    }
     rows = []
     for size_name in size_names:
         size = size_specs.get_size(size_name)
@@ -319,19 +338,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             )
             rows.append(row)
             print(f"{model} {size_name} {mode}: ours {_secs(row['ours']['median_s'])}", flush=True)
+            if args.out:  # after every row: a run cut short keeps what it measured
+                args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     peak_end = ours.peak_flops(*peak_args)
-
-    meta = {
-        **device,
-        "dtype": dtype,
-        "cpus": len(os.sched_getaffinity(0)),
-        "quick": args.quick,
-        "peer": None if peer_python is None else _peer_versions(peer_python),
-        "peak_matmul": {"start": peak_start, "end": peak_end},
-        "peak_flops_per_s": peak_start["flops_per_s"],
-        "maxrss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-        "schedule": schedule,
-    }
+    meta["peak_matmul"]["end"] = peak_end
+    meta["maxrss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     result = {"meta": meta, "rows": rows}
     print()
     print(

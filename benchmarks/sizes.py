@@ -107,6 +107,48 @@ SIZES: dict[str, dict[str, Spec]] = {
             "sample_steps": 16,
         },
     },
+    # For accelerators (bf16): GLIDE/ADM-like widths at the paper's resolutions, 64 px decoder
+    # and 64 -> 256 upsampler, a ViT-L/14-wide (768) prior over 77 caption tokens.
+    "large": {
+        "prior": {
+            "batch": 256,
+            "dim": 768,
+            "depth": 12,
+            "heads": 12,
+            "text_len": 77,
+            "timesteps": 1000,
+            "sample_batch": 16,
+            "sample_steps": 64,
+            "best_of": 2,
+        },
+        "decoder": {
+            "batch": 64,
+            "image_size": 64,
+            "channels": 192,
+            "channel_mult": [1, 2, 3, 4],
+            "num_res_blocks": 2,
+            "attention_resolutions": [16, 8],
+            "head_channels": 64,
+            "clip_dim": 768,
+            "text_len": 77,
+            "text_dim": 768,
+            "context_dim": 512,
+            "timesteps": 1000,
+            "sample_batch": 16,
+            "sample_steps": 50,
+        },
+        "upsampler": {
+            "batch": 16,
+            "image_size": 256,
+            "factor": 4,
+            "channels": 128,
+            "channel_mult": [1, 2, 3, 4],
+            "num_res_blocks": 2,
+            "timesteps": 1000,
+            "sample_batch": 16,
+            "sample_steps": 16,
+        },
+    },
 }
 
 

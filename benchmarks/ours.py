@@ -2,7 +2,7 @@
 
 Training runs the trainer's step (`make_train_step`: the stage's loss, clipping, AdamW, EMA)
 jitted with donated state on one device; its FLOPs come from XLA's cost analysis of the
-compiled program and its memory from XLA's memory analysis. Sampling calls the stages'
+traced program (`model_flops`) and its memory from XLA's memory analysis of the compiled one. Sampling calls the stages'
 `sample` methods (one compiled program each) with randomly initialised parameters.
 
 Each runner has the same interface as the peer's: `setup() -> info`, `run(n) -> seconds`.
@@ -46,8 +46,10 @@ def device_info() -> dict[str, Any]:
     }
 
 
-def peak_flops(dtype: str, n: int, repeats: int) -> dict[str, Any]:
-    """Measured peak FLOP/s: median time of `repeats` n x n `jnp.dot`s in `dtype`."""
+def peak_flops(dtype: str, n: int, repeats: int, chain: int = 1) -> dict[str, Any]:
+    """Measured peak FLOP/s: median over `repeats` samples of the time per n x n `jnp.dot` in
+    `dtype`, each sample timing `chain` products queued back to back (on an accelerator one
+    product is ~1 ms, so waiting for each alone would count the round trip as compute)."""
     ka, kb = jax.random.split(jax.random.key(0))
     a = jax.random.normal(ka, (n, n), jnp.dtype(dtype))
     b = jax.random.normal(kb, (n, n), jnp.dtype(dtype))
@@ -56,10 +58,16 @@ def peak_flops(dtype: str, n: int, repeats: int) -> dict[str, Any]:
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        dot(a, b).block_until_ready()
-        times.append(time.perf_counter() - t0)
+        jax.block_until_ready([dot(a, b) for _ in range(chain)])
+        times.append((time.perf_counter() - t0) / chain)
     median = statistics.median(times)
-    return {"n": n, "dtype": dtype, "seconds": median, "flops_per_s": 2.0 * n**3 / median}
+    return {
+        "n": n,
+        "dtype": dtype,
+        "chain": chain,
+        "seconds": median,
+        "flops_per_s": 2.0 * n**3 / median,
+    }
 
 
 def device_peak_bytes() -> int | None:
@@ -206,6 +214,30 @@ def random_batch(stage: Stage, batch: int, seed: int = 0) -> dict[str, jax.Array
     return out
 
 
+def _flops(program: Any) -> float:
+    """FLOPs by XLA's cost analysis of a lowered or compiled program (0 where not reported)."""
+    try:
+        cost = program.cost_analysis()
+    except NotImplementedError:
+        return 0.0
+    if isinstance(cost, list | tuple):
+        cost = cost[0] if cost else {}
+    return float((cost or {}).get("flops", 0.0))
+
+
+def model_flops(fn: Any, *args: Any) -> float:
+    """FLOPs of `fn(*args)`: XLA's cost analysis of the program as traced, before the backend
+    optimises it, so the same on every platform. It is lowered for the host CPU because GPU
+    backends analyse no lowered program, and their compiled counts miss the work in cuBLAS
+    and cuDNN calls."""
+    cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+
+    def abstract(x: Any) -> jax.ShapeDtypeStruct:
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=cpu)
+
+    return _flops(jax.jit(fn).lower(*jax.tree.map(abstract, args)))
+
+
 def _xla_memory_bytes(compiled: Any) -> int | None:
     """Arguments + outputs + temporaries - donated aliases of a compiled program."""
     try:
@@ -250,14 +282,12 @@ class TrainRunner:
         lowered = jax.jit(step, donate_argnums=(0,)).lower(self.state, self.batch, self.key)
         self.compiled = lowered.compile()
         compile_s = time.perf_counter() - t0
-        cost = self.compiled.cost_analysis()
-        if isinstance(cost, list | tuple):
-            cost = cost[0] if cost else {}
         return {
             "params": num_params(params),
             "batch": self.spec["batch"],
             "compile_s": compile_s,
-            "flops_per_step": float((cost or {}).get("flops", 0.0)),
+            "flops_per_step": model_flops(step, self.state, self.batch, self.key),
+            "compiled_flops_per_step": _flops(self.compiled),
             "xla_memory_bytes": _xla_memory_bytes(self.compiled),
         }
 

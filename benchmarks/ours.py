@@ -2,8 +2,9 @@
 
 Training runs the trainer's step (`make_train_step`: the stage's loss, clipping, AdamW, EMA)
 jitted with donated state on one device; its FLOPs come from XLA's cost analysis of the
-traced program (`model_flops`) and its memory from XLA's memory analysis of the compiled one. Sampling calls the stages'
-`sample` methods (one compiled program each) with randomly initialised parameters.
+traced program (`model_flops`), its memory from XLA's memory analysis of the compiled one.
+Sampling calls the stages' `sample` methods (one compiled program each) with randomly
+initialised parameters.
 
 Each runner has the same interface as the peer's: `setup() -> info`, `run(n) -> seconds`.
 """

@@ -103,7 +103,7 @@ class UnCLIP:
     def __init__(
         self,
         encoder: ClipEncoder,
-        prior: LoadedStage,
+        prior: LoadedStage | None,
         decoder: LoadedStage,
         upsamplers: Sequence[LoadedStage] = (),
     ):

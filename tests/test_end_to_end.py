@@ -14,6 +14,7 @@ from configs import shapes
 from dalle2_jax.cascade import train_cascade
 from dalle2_jax.data.shapes_render import render
 from dalle2_jax.data.shapes_scene import Scene, ShapeObject
+from dalle2_jax.evaluation import decoder_probe
 
 
 @pytest.fixture(scope="module")
@@ -158,3 +159,15 @@ def test_sample_errors_are_clear(workdir, tmp_path, capsys):
         == 0
     )
     assert np.asarray(Image.open(tmp_path / "long.png")).size > 0
+
+
+def test_decoder_probe_command(workdir, tmp_path, capsys):
+    out = tmp_path / "probe.json"
+    args = ["--workdir", str(workdir), "--num", "2", "--decoder-steps", "2", "--out", str(out)]
+    assert decoder_probe.main(args) == 0
+    result = json.loads(out.read_text())
+    for split in ("seen", "heldout"):
+        assert set(result[split]["generated"]) == {"color", "shape", "size", "position"}
+        assert result[split]["ground_truth"]["shape"] == 1.0
+    assert decoder_probe.main(["--workdir", str(tmp_path / "none")]) == 1
+    assert "No trained CLIP stage" in capsys.readouterr().err

@@ -164,8 +164,9 @@ def test_sample_errors_are_clear(workdir, tmp_path, capsys):
 def test_decoder_probe_command(workdir, tmp_path, capsys):
     out = tmp_path / "probe.json"
     args = ["--workdir", str(workdir), "--num", "2", "--decoder-steps", "2", "--out", str(out)]
-    assert decoder_probe.main(args) == 0
+    assert decoder_probe.main([*args, "--noise-levels", "10,90"]) == 0
     result = json.loads(out.read_text())
+    assert set(result["x0_from_noised_truth"]["seen"]) == {"10", "90"}
     for split in ("seen", "heldout"):
         assert set(result[split]["generated"]) == {"color", "shape", "size", "position"}
         assert result[split]["ground_truth"]["shape"] == 1.0

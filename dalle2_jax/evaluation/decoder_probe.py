@@ -7,7 +7,14 @@ then scores the decoded images against their scenes, at the decoder's resolution
 the upsamplers with `--upsample`). Where `eval.json` fails on an attribute, this says whether
 the decoder can draw it at all, apart from what the prior predicts.
 
-  python -m dalle2_jax.evaluation.decoder_probe --workdir runs/shapes [--num 64] [--out F.json]
+`--noise-levels` adds where along the diffusion an attribute comes from: the ground truth at
+decoder resolution is noised to each timestep t and the decoder's one-shot x0 prediction is
+read. At small t the attribute is still visible in x_t; at large t it can only come from the
+conditioning, so an attribute lost at large t only is one the decoder does not take from its
+embedding.
+
+  python -m dalle2_jax.evaluation.decoder_probe --workdir runs/shapes [--num 64] \
+      [--noise-levels 100,400,700] [--out F.json]
 """
 
 from __future__ import annotations
@@ -23,7 +30,11 @@ import numpy as np
 
 from dalle2_jax.data.shapes_render import render
 from dalle2_jax.data.transforms import to_float
-from dalle2_jax.evaluation.shapes_eval import evaluate_shapes, evaluation_prompts
+from dalle2_jax.evaluation.shapes_eval import (
+    attribute_accuracy,
+    evaluate_shapes,
+    evaluation_prompts,
+)
 
 
 def probe_decoder(
@@ -60,6 +71,46 @@ def probe_decoder(
     return evaluate_shapes(generate, num_per_split=num_per_split, seed=seed)
 
 
+def probe_denoising(
+    pipe, timesteps: Sequence[int], *, num_per_split: int = 64, seed: int = 0
+) -> dict[str, dict[str, dict[str, float]]]:
+    """{split: {t: attribute accuracy}} of the decoder's x0 prediction from the noised ground
+    truth x_t (one model call, conditioned on the truth's CLIP embedding and caption, no
+    guidance). The same noise serves every t."""
+    import jax.numpy as jnp
+
+    from dalle2_jax import diffusion
+    from dalle2_jax.visualize import to_uint8
+
+    stage, params = pipe.decoder.stage, pipe.decoder.params
+    clip_size = pipe.encoder.config.vision.image_size
+    size = stage.config.data.image_size
+    result = {}
+    for i, (name, (scenes, captions)) in enumerate(evaluation_prompts(num_per_split, seed).items()):
+        truth = np.stack([to_float(render(s, clip_size)) for s in scenes])
+        encoded = pipe.encoder.encode(truth, captions)
+        x0 = jnp.asarray(np.stack([to_float(render(s, size)) for s in scenes]))
+        model = stage.conditional_fn(
+            params, encoded["image_embed"], *_text_args(stage, encoded), guidance_scale=1.0
+        )
+        noise = jax.random.normal(jax.random.fold_in(jax.random.key(seed), i), x0.shape)
+        result[name] = {}
+        for t_value in timesteps:
+            t = jnp.full((len(scenes),), int(t_value), jnp.int32)
+            x_t = diffusion.q_sample(stage.schedule, x0, t, noise)
+            mean, _ = diffusion.split_learned_variance(model(x_t, t))
+            x0_hat, _ = diffusion.x0_and_eps(stage.schedule, x_t, t, mean, stage.prediction)
+            images = to_uint8(jnp.clip(x0_hat, -1.0, 1.0))
+            result[name][str(int(t_value))] = attribute_accuracy(images, scenes)
+    return result
+
+
+def _text_args(stage, encoded: dict) -> tuple:
+    if not getattr(stage, "uses_text", False):
+        return (None, None)
+    return (encoded["text_tokens"], encoded["text_mask"])
+
+
 def main(argv: list[str] | None = None) -> int:
     from dalle2_jax.encoders import ClipEncoder
     from dalle2_jax.pipeline import SampleOptions, StageNotTrainedError, UnCLIP, load_stage
@@ -72,6 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--decoder-sampler", default=None)
     p.add_argument("--decoder-guidance", type=float, default=None)
     p.add_argument("--upsample", action="store_true", help="also run the trained upsampler")
+    p.add_argument(
+        "--noise-levels",
+        default="",
+        help="comma-separated timesteps t: also score the one-shot x0 prediction from x_t",
+    )
     p.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
     args = p.parse_args(argv)
     try:
@@ -88,6 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     pipe = UnCLIP(encoder, None, decoder, upsamplers)
     result = probe_decoder(pipe, num_per_split=args.num, seed=args.seed, opts=opts)
+    if args.noise_levels:
+        levels = [int(t) for t in args.noise_levels.split(",")]
+        result["x0_from_noised_truth"] = probe_denoising(
+            pipe, levels, num_per_split=args.num, seed=args.seed
+        )
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import types
 
+import jax.numpy as jnp
 import numpy as np
 
-from dalle2_jax.evaluation.decoder_probe import probe_decoder
+from dalle2_jax import diffusion
+from dalle2_jax.evaluation.decoder_probe import probe_decoder, probe_denoising
 
 
 class _IdentityPipe:
@@ -38,3 +40,40 @@ def test_a_decoder_that_ignores_its_embedding_scores_zero():
     result = probe_decoder(_IdentityPipe(blank=True), num_per_split=6)
     for split in ("seen", "heldout"):
         assert set(result[split]["generated"].values()) == {0.0}
+
+
+class _OracleStage:
+    """A v-prediction 'decoder' that knows x0 from its embedding (the image itself): its
+    one-shot x0 prediction is exact at every t, if the probe converts v to x0 correctly."""
+
+    prediction = "v"
+    uses_text = False
+
+    def __init__(self, exact: bool = True):
+        self.exact = exact
+        self.schedule = diffusion.make_schedule("cosine", 1000)
+        self.config = types.SimpleNamespace(data=types.SimpleNamespace(image_size=32))
+
+    def conditional_fn(self, params, image_embed, text_tokens, text_mask, guidance_scale):
+        x0 = jnp.asarray(image_embed).reshape(-1, 32, 32, 3)
+
+        def model(x_t, t):
+            alpha = jnp.sqrt(self.schedule.alphas_cumprod[t])[:, None, None, None]
+            sigma = jnp.sqrt(1.0 - self.schedule.alphas_cumprod[t])[:, None, None, None]
+            eps = (x_t - alpha * x0) / sigma
+            v = diffusion.v_target(self.schedule, x0, t, eps) if self.exact else 0 * x_t
+            return jnp.concatenate([v, jnp.zeros_like(v)], axis=-1)
+
+        return model
+
+
+def test_denoising_probe_is_exact_for_an_oracle_and_fails_for_a_blind_model():
+    pipe = _IdentityPipe()
+    pipe.decoder = types.SimpleNamespace(stage=_OracleStage(), params=None)
+    result = probe_denoising(pipe, [10, 500, 990], num_per_split=6)
+    for split in ("seen", "heldout"):
+        assert all(result[split][t]["shape"] == 1.0 for t in ("10", "500", "990"))
+    pipe.decoder.stage = _OracleStage(exact=False)  # v = 0: x0_hat = alpha_t * x_t
+    blind = probe_denoising(pipe, [10, 990], num_per_split=6)
+    assert blind["seen"]["10"]["position"] == 1.0  # x_t at t=10 is almost the image
+    assert blind["seen"]["990"]["shape"] < 0.5

@@ -26,30 +26,32 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
+from dalle2_jax import diffusion
 from dalle2_jax.data.shapes_render import render
 from dalle2_jax.data.transforms import to_float
+from dalle2_jax.encoders import ClipEncoder
 from dalle2_jax.evaluation.shapes_eval import (
     attribute_accuracy,
     evaluate_shapes,
     evaluation_prompts,
 )
+from dalle2_jax.pipeline import SampleOptions, StageNotTrainedError, UnCLIP, load_stage
+from dalle2_jax.visualize import to_uint8
 
 
 def probe_decoder(
-    pipe,
+    pipe: UnCLIP,
     *,
     num_per_split: int = 64,
     seed: int = 0,
-    opts=None,
+    opts: SampleOptions | None = None,
     batch_size: int = 64,
 ) -> dict:
     """`evaluate_shapes` of `pipe.decode` (a `pipeline.UnCLIP`; its prior is not used) on the
     ground-truth image embeddings of the evaluation scenes."""
-    from dalle2_jax.pipeline import SampleOptions
-    from dalle2_jax.visualize import to_uint8
-
     opts = opts or SampleOptions()
     scene_of = {}
     for scenes, captions in evaluation_prompts(num_per_split, seed).values():
@@ -72,16 +74,11 @@ def probe_decoder(
 
 
 def probe_denoising(
-    pipe, timesteps: Sequence[int], *, num_per_split: int = 64, seed: int = 0
+    pipe: UnCLIP, timesteps: Sequence[int], *, num_per_split: int = 64, seed: int = 0
 ) -> dict[str, dict[str, dict[str, float]]]:
     """{split: {t: attribute accuracy}} of the decoder's x0 prediction from the noised ground
     truth x_t (one model call, conditioned on the truth's CLIP embedding and caption, no
     guidance). The same noise serves every t."""
-    import jax.numpy as jnp
-
-    from dalle2_jax import diffusion
-    from dalle2_jax.visualize import to_uint8
-
     stage, params = pipe.decoder.stage, pipe.decoder.params
     clip_size = pipe.encoder.config.vision.image_size
     size = stage.config.data.image_size
@@ -112,9 +109,6 @@ def _text_args(stage, encoded: dict) -> tuple:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from dalle2_jax.encoders import ClipEncoder
-    from dalle2_jax.pipeline import SampleOptions, StageNotTrainedError, UnCLIP, load_stage
-
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workdir", required=True, type=Path, help="trained clip/ and decoder/")
     p.add_argument("--num", type=int, default=64, help="captions per split (seen, held-out)")

@@ -97,7 +97,7 @@ def probe_denoising(
             x_t = diffusion.q_sample(stage.schedule, x0, t, noise)
             mean, _ = diffusion.split_learned_variance(model(x_t, t))
             x0_hat, _ = diffusion.x0_and_eps(stage.schedule, x_t, t, mean, stage.prediction)
-            images = to_uint8(jnp.clip(x0_hat, -1.0, 1.0))
+            images = to_uint8(x0_hat)  # clips to [-1, 1]
             result[name][str(int(t_value))] = attribute_accuracy(images, scenes)
     return result
 

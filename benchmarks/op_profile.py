@@ -1,0 +1,173 @@
+"""Where a training step's time goes: a profiler trace of our train step and a per-op table.
+
+  python benchmarks/op_profile.py --model prior --size large [--dtype bfloat16] [--steps 5] \
+      --out DIR [--top 25]
+
+Runs the same donated, jitted step as run.py (`ours.TrainRunner`, random parameters and
+batch) for a few warm-up steps, then traces `--steps` steps with `jax.profiler`:
+DIR/plugins/profile/<run>/ holds the trace for TensorBoard / XProf and for Perfetto
+(`*.trace.json.gz`). DIR/ops.json (also printed) sums the time of every executed HLO op of the
+traced steps per op, per step: on GPU / TPU the device's ops (kernels on the streams), on CPU
+the thunks. Each op gets a category from its HLO name and kernel name: "matmul" (dot, gemm,
+cuBLAS / cutlass kernels), "convolution", "collective" or "other" (fusions: elementwise,
+normalisation, softmax, reductions). "busy" is the summed op time over the step's wall time;
+ops on parallel streams or threads can push it above 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import gzip
+import json
+import re
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # configs/ is not part of the installed package
+
+CATEGORIES = (
+    ("collective", re.compile(r"all-reduce|all-gather|reduce-scatter|all-to-all|nccl|collective")),
+    ("convolution", re.compile(r"convolution|cudnn|conv(?!ert)")),
+    ("matmul", re.compile(r"\bdot|gemm|cublas|cutlass|nvjet|xmma|matmul|wgmma")),
+)
+
+
+def category(*names: str) -> str:
+    """The category of an op from its HLO name and kernel name (first match wins)."""
+    text = " ".join(n.lower() for n in names if n)
+    for name, pattern in CATEGORIES:
+        if pattern.search(text):
+            return name
+    return "other"
+
+
+def load_trace(directory: Path) -> list[dict[str, Any]]:
+    """The events of the newest Chrome/Perfetto trace (`*.trace.json.gz`) under `directory`."""
+    traces = sorted(directory.glob("**/*.trace.json.gz"), key=lambda p: p.stat().st_mtime)
+    if not traces:
+        raise FileNotFoundError(f"No *.trace.json.gz under {directory}.")
+    with gzip.open(traces[-1], "rt") as f:
+        data = json.load(f)
+    return data["traceEvents"] if isinstance(data, dict) else data
+
+
+def op_events(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Complete events of executed HLO ops: those naming an `hlo_op`, restricted to device
+    processes ("/device:...") when the trace has any, else the host's (CPU thunks)."""
+    processes = {
+        e["pid"]: e.get("args", {}).get("name", "")
+        for e in events
+        if e.get("ph") == "M" and e.get("name") == "process_name"
+    }
+    devices = {pid for pid, name in processes.items() if name.startswith("/device:")}
+    ops = [e for e in events if e.get("ph") == "X" and (e.get("args") or {}).get("hlo_op")]
+    on_device = [e for e in ops if e["pid"] in devices]
+    return on_device if on_device else ops
+
+
+def summarize(
+    events: list[dict[str, Any]], steps: int, step_seconds: float, top: int = 25
+) -> dict[str, Any]:
+    """Per-step time of each op and category (milliseconds), their shares of the summed op
+    time, and the `top` ops by time."""
+    total: collections.Counter[str] = collections.Counter()
+    count: collections.Counter[str] = collections.Counter()
+    kernel: dict[str, str] = {}
+    for e in op_events(events):
+        op = e["args"]["hlo_op"]
+        total[op] += float(e.get("dur", 0.0)) / 1e3  # trace durations are microseconds
+        count[op] += 1
+        kernel.setdefault(op, e.get("name", ""))
+    op_ms = sum(total.values()) / steps
+    categories: collections.Counter[str] = collections.Counter()
+    for op, ms in total.items():
+        categories[category(op, kernel[op])] += ms / steps
+    share = (lambda ms: ms / op_ms) if op_ms else (lambda ms: 0.0)
+    return {
+        "steps": steps,
+        "step_ms": step_seconds * 1e3,
+        "op_ms_per_step": op_ms,
+        "busy": op_ms / (step_seconds * 1e3) if step_seconds else None,
+        "categories": {
+            name: {"ms_per_step": ms, "share": share(ms)} for name, ms in categories.most_common()
+        },
+        "top": [
+            {
+                "op": op,
+                "kernel": kernel[op],
+                "category": category(op, kernel[op]),
+                "calls_per_step": count[op] / steps,
+                "ms_per_step": ms / steps,
+                "share": share(ms / steps),
+            }
+            for op, ms in total.most_common(top)
+        ],
+    }
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    lines = [
+        f"step {summary['step_ms']:.2f} ms; ops {summary['op_ms_per_step']:.2f} ms/step "
+        f"(busy {summary['busy']:.2f})",
+        "category      ms/step  share",
+    ]
+    for name, row in summary["categories"].items():
+        lines.append(f"{name:<12} {row['ms_per_step']:8.3f}  {row['share']:5.1%}")
+    lines.append("top ops: ms/step  share  calls  category  op  (kernel)")
+    for row in summary["top"]:
+        lines.append(
+            f"  {row['ms_per_step']:8.3f}  {row['share']:5.1%}  {row['calls_per_step']:5.1f}  "
+            f"{row['category']:<11} {row['op']}  ({row['kernel'][:60]})"
+        )
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=("prior", "decoder", "upsampler"), required=True)
+    parser.add_argument("--size", default="tiny", help="a size of benchmarks/sizes.py")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None)
+    parser.add_argument("--warmup", type=int, default=2, help="untraced steps first")
+    parser.add_argument("--steps", type=int, default=5, help="traced steps")
+    parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--out", type=Path, required=True, help="trace directory")
+    args = parser.parse_args(argv)
+    if args.steps < 1 or args.warmup < 0:
+        parser.error("--steps must be >= 1 and --warmup >= 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import jax
+
+    from benchmarks import ours
+    from benchmarks import sizes as size_specs
+
+    dtype = args.dtype or ("float32" if jax.default_backend() == "cpu" else "bfloat16")
+    runner = ours.TrainRunner(args.model, size_specs.get_size(args.size)[args.model], dtype)
+    info = runner.setup()
+    runner.run(args.warmup)
+    args.out.mkdir(parents=True, exist_ok=True)
+    options = jax.profiler.ProfileOptions()
+    options.host_tracer_level = 2  # CPU thunks carry their HLO op at level 2
+    options.python_tracer_level = 0
+    with jax.profiler.trace(str(args.out), create_perfetto_trace=True, profiler_options=options):
+        times = runner.run(args.steps)
+    summary = summarize(load_trace(args.out), args.steps, statistics.median(times), args.top)
+    summary.update(
+        {"model": args.model, "size": args.size, "dtype": dtype, **ours.device_info(), **info}
+    )
+    (args.out / "ops.json").write_text(json.dumps(summary, indent=2))
+    print(format_summary(summary))
+    print(f"trace and ops.json in {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -62,6 +62,8 @@ class UNetConfig:
     text_encoder_layers / text_encoder_heads: GLIDE text transformer on the caption tokens
         (0 layers = linear projection + LayerNorm only).
     low_res_channels: channels of the low-res image in upsampler mode; None = not an upsampler.
+    norm_groups: groups of every GroupNorm (ADM: 32). At 32 channels, 32 groups is instance
+        norm, which erases every spatially constant feature; narrow U-Nets want fewer.
     dtype: compute dtype name ("bfloat16" on accelerators); parameters are always float32.
     remat: rematerialise residual, attention and text blocks in the backward pass.
     """
@@ -76,6 +78,7 @@ class UNetConfig:
     num_head_channels: int = 64
     dropout: float = 0.0
     use_scale_shift_norm: bool = True
+    norm_groups: int = NORM_GROUPS
     resblock_updown: bool = True
     clip_embed_dim: int | None = None
     num_clip_tokens: int = 4
@@ -116,11 +119,13 @@ class UNetConfig:
                     f"at image_size {self.image_size} the sizes are {reachable}"
                 )
         widths = {self.model_channels * m for m in self.channel_mult}
-        bad = sorted(w for w in widths if w % NORM_GROUPS)
+        if self.norm_groups < 1:
+            raise ValueError(f"norm_groups must be >= 1, got {self.norm_groups}")
+        bad = sorted(w for w in widths if w % self.norm_groups)
         if bad:
             raise ValueError(
                 f"level widths {bad} (model_channels * channel_mult) must be multiples of "
-                f"{NORM_GROUPS} for GroupNorm({NORM_GROUPS})"
+                f"norm_groups={self.norm_groups} for GroupNorm"
             )
         attn_widths = {
             self.model_channels * m
@@ -226,11 +231,14 @@ class UNet(nn.Module):
                 up=up,
                 down=down,
                 dtype=dtype,
+                norm_groups=cfg.norm_groups,
                 name=name,
             )
 
         def attention(name: str, h: jax.Array) -> jax.Array:
-            block = attn_cls(cfg.num_head_channels, dtype=dtype, name=name)
+            block = attn_cls(
+                cfg.num_head_channels, dtype=dtype, norm_groups=cfg.norm_groups, name=name
+            )
             return block(h, context, context_mask)
 
         # Encoder: every block's output is kept for the decoder's skip connections.
@@ -278,7 +286,7 @@ class UNet(nn.Module):
                 ds //= 2
 
         # Output head in float32; its output channels stay unsharded (e.g. 6 on 8 devices).
-        h = nn.silu(group_norm("out_norm")(h))
+        h = nn.silu(group_norm("out_norm", cfg.norm_groups)(h))
         out = conv(
             cfg.model_out_channels,
             3,

@@ -74,10 +74,10 @@ def dense(
     )
 
 
-def group_norm(name: str) -> nn.GroupNorm:
-    """ADM's GroupNorm32: 32 groups, eps 1e-5, computed and returned in float32."""
+def group_norm(name: str, groups: int = NORM_GROUPS) -> nn.GroupNorm:
+    """ADM's GroupNorm32 (32 groups; fewer for narrow U-Nets), eps 1e-5, in float32."""
     return nn.GroupNorm(
-        num_groups=NORM_GROUPS,
+        num_groups=groups,
         epsilon=1e-5,
         dtype=jnp.float32,
         param_dtype=jnp.float32,
@@ -145,10 +145,11 @@ class ResBlock(nn.Module):
     up: bool = False
     down: bool = False
     dtype: Dtype = jnp.float32
+    norm_groups: int = NORM_GROUPS
 
     @nn.compact
     def __call__(self, x: jax.Array, emb: jax.Array, train: bool = False) -> jax.Array:
-        h = nn.silu(group_norm("in_norm")(x))
+        h = nn.silu(group_norm("in_norm", self.norm_groups)(x))
         if self.up:
             h, x = upsample_nearest(h), upsample_nearest(x)
         elif self.down:
@@ -162,9 +163,9 @@ class ResBlock(nn.Module):
         emb_out = emb_out.astype(jnp.float32)[:, None, None, :]
         if self.use_scale_shift_norm:
             scale, shift = jnp.split(emb_out, 2, axis=-1)
-            h = group_norm("out_norm")(h) * (1.0 + scale) + shift
+            h = group_norm("out_norm", self.norm_groups)(h) * (1.0 + scale) + shift
         else:
-            h = group_norm("out_norm")(h + emb_out)
+            h = group_norm("out_norm", self.norm_groups)(h + emb_out)
         h = nn.Dropout(self.dropout)(nn.silu(h), deterministic=not train)
         h = conv(self.out_channels, 3, dtype=self.dtype, zero_init=True, name="out_conv")(
             h.astype(self.dtype)
@@ -210,6 +211,7 @@ class AttentionBlock(nn.Module):
 
     num_head_channels: int = 64
     dtype: Dtype = jnp.float32
+    norm_groups: int = NORM_GROUPS
 
     @nn.compact
     def __call__(
@@ -220,7 +222,7 @@ class AttentionBlock(nn.Module):
     ) -> jax.Array:
         b, height, width, c = x.shape
         heads, ch = c // self.num_head_channels, self.num_head_channels
-        h = group_norm("norm")(x).astype(self.dtype).reshape(b, height * width, c)
+        h = group_norm("norm", self.norm_groups)(x).astype(self.dtype).reshape(b, height * width, c)
         # Head-major layout [heads, (q, k, v), ch] as ADM's QKVAttention.
         qkv = dense(3 * c, ("embed", "heads"), dtype=self.dtype, name="qkv")(h)
         q, k, v = jnp.moveaxis(qkv.reshape(b, height * width, heads, 3, ch), 3, 0)

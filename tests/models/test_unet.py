@@ -358,3 +358,33 @@ def test_born_sharded_init_and_forward_under_the_rules():
     kernel = variables["params"]["input_blocks_0_0_res"]["in_conv"]["kernel"]
     assert kernel.value.sharding.spec == jax.sharding.PartitionSpec(None, None, None, "fsdp")
     assert out.shape == (8, SIZE, SIZE, 6)
+
+
+@pytest.mark.parametrize(("groups", "erased"), [(8, True), (2, False)])
+def test_norm_groups_of_8_channels_is_instance_norm(groups, erased):
+    """With one channel per group (instance norm) a ResBlock's branch cannot see a spatially
+    constant input: two different constant images give the same branch output. With 4
+    channels per group the channels' differing levels survive the normalisation."""
+    from dalle2_jax.models.unet_blocks import ResBlock
+
+    block = ResBlock(8, norm_groups=groups)
+    emb = jnp.zeros((1, 16))
+    a = jnp.broadcast_to(jnp.arange(8.0), (1, 4, 4, 8))
+    b = jnp.broadcast_to(jnp.arange(8.0)[::-1] * 3.0, (1, 4, 4, 8))
+    params = block.init(jax.random.key(0), a, emb)["params"]
+    params = jax.tree.map(lambda p: p + 0.1, nn.unbox(params))  # non-zero output conv
+    branch = lambda x: block.apply({"params": params}, x, emb) - x  # noqa: E731
+    assert bool(jnp.allclose(branch(a), branch(b), atol=1e-5)) == erased
+
+
+def test_norm_groups_reach_every_group_norm_and_are_validated():
+    """Widths 8 / 16 build with 8 groups; a single GroupNorm left at ADM's 32 groups would fail
+    on 8 channels."""
+    cfg = get_preset("tiny_decoder", model_channels=8, num_head_channels=8, norm_groups=8)
+    assert _abstract_variables(cfg, _inputs(cfg))
+    up = get_preset("tiny_upsampler", model_channels=8, norm_groups=8)
+    assert _abstract_variables(up, _inputs(up))
+    with pytest.raises(ValueError, match="multiples of norm_groups=16"):
+        dataclasses.replace(cfg, norm_groups=16)
+    with pytest.raises(ValueError, match="norm_groups must be >= 1"):
+        dataclasses.replace(cfg, norm_groups=0)

@@ -62,8 +62,8 @@ class UNetConfig:
     text_encoder_layers / text_encoder_heads: GLIDE text transformer on the caption tokens
         (0 layers = linear projection + LayerNorm only).
     low_res_channels: channels of the low-res image in upsampler mode; None = not an upsampler.
-    norm_groups: groups of every GroupNorm (ADM: 32). At 32 channels, 32 groups is instance
-        norm, which erases every spatially constant feature; narrow U-Nets want fewer.
+    norm_groups: groups of every GroupNorm (ADM: 32); every level width must be a multiple.
+        At 32 channels, 32 groups is instance norm; fewer groups allow narrower widths.
     dtype: compute dtype name ("bfloat16" on accelerators); parameters are always float32.
     remat: rematerialise residual, attention and text blocks in the backward pass.
     """

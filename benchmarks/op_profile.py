@@ -11,7 +11,9 @@ traced steps per op, per step: on GPU / TPU the device's ops (kernels on the str
 the thunks. Each op gets a category from its HLO name and kernel name: "matmul" (dot, gemm,
 cuBLAS / cutlass kernels), "convolution", "collective" or "other" (fusions: elementwise,
 normalisation, softmax, reductions). "busy" is the summed op time over the step's wall time;
-ops on parallel streams or threads can push it above 1.
+ops on parallel streams or threads can push it above 1. On GPU, XLA's command buffers hide
+which HLO op a kernel belongs to (openxla/xprof#3070); kernels are then listed by kernel name.
+For per-op rows there, profile with XLA_FLAGS=--xla_gpu_enable_command_buffer= .
 """
 
 from __future__ import annotations
@@ -56,18 +58,35 @@ def load_trace(directory: Path) -> list[dict[str, Any]]:
     return data["traceEvents"] if isinstance(data, dict) else data
 
 
-def op_events(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Complete events of executed HLO ops: those naming an `hlo_op`, restricted to device
-    processes ("/device:...") when the trace has any, else the host's (CPU thunks)."""
+def op_events(events: list[dict[str, Any]]) -> list[tuple[str, str, float]]:
+    """(op, kernel, microseconds) of every executed op. Events naming an `hlo_op` on device
+    processes ("/device:...") when there are any, else the host's (CPU thunks). Device kernels
+    without an `hlo_op` (GPU command buffers drop it: run with
+    XLA_FLAGS=--xla_gpu_enable_command_buffer=) are grouped by kernel name instead."""
     processes = {
         e["pid"]: e.get("args", {}).get("name", "")
         for e in events
         if e.get("ph") == "M" and e.get("name") == "process_name"
     }
+    threads = {
+        (e["pid"], e["tid"]): e.get("args", {}).get("name", "")
+        for e in events
+        if e.get("ph") == "M" and e.get("name") == "thread_name"
+    }
     devices = {pid for pid, name in processes.items() if name.startswith("/device:")}
-    ops = [e for e in events if e.get("ph") == "X" and (e.get("args") or {}).get("hlo_op")]
-    on_device = [e for e in ops if e["pid"] in devices]
-    return on_device if on_device else ops
+    complete = [e for e in events if e.get("ph") == "X"]
+    named = [e for e in complete if (e.get("args") or {}).get("hlo_op")]
+    on_device = [e for e in named if e["pid"] in devices]
+    if on_device or not devices:
+        chosen = on_device or named
+        return [(e["args"]["hlo_op"], e.get("name", ""), float(e.get("dur", 0.0))) for e in chosen]
+    kernels = [
+        e
+        for e in complete
+        if e["pid"] in devices
+        and threads.get((e["pid"], e.get("tid")), "").startswith(("Stream", "XLA Ops"))
+    ]
+    return [(e.get("name", ""), e.get("name", ""), float(e.get("dur", 0.0))) for e in kernels]
 
 
 def summarize(
@@ -78,11 +97,10 @@ def summarize(
     total: collections.Counter[str] = collections.Counter()
     count: collections.Counter[str] = collections.Counter()
     kernel: dict[str, str] = {}
-    for e in op_events(events):
-        op = e["args"]["hlo_op"]
-        total[op] += float(e.get("dur", 0.0)) / 1e3  # trace durations are microseconds
+    for op, name, micros in op_events(events):
+        total[op] += micros / 1e3  # trace durations are microseconds
         count[op] += 1
-        kernel.setdefault(op, e.get("name", ""))
+        kernel.setdefault(op, name)
     op_ms = sum(total.values()) / steps
     categories: collections.Counter[str] = collections.Counter()
     for op, ms in total.items():

@@ -92,3 +92,19 @@ def test_profile_command_traces_the_tiny_prior(tmp_path):
     shares = sum(c["share"] for c in summary["categories"].values())
     assert shares == pytest.approx(1.0)
     assert summary["top"] and summary["model"] == "prior"
+
+
+def test_device_kernels_without_hlo_ops_are_grouped_by_kernel_name():
+    """GPU command buffers drop the HLO op from kernel events: group stream kernels by name."""
+    events = [
+        {"ph": "M", "name": "process_name", "pid": 2, "args": {"name": "/device:GPU:0"}},
+        {"ph": "M", "name": "thread_name", "pid": 2, "tid": 7, "args": {"name": "Stream #13"}},
+        {"ph": "M", "name": "thread_name", "pid": 2, "tid": 8, "args": {"name": "XLA Modules"}},
+        {"ph": "X", "pid": 2, "tid": 8, "name": "jit_train_step", "dur": 9_000.0, "args": {}},
+        {"ph": "X", "pid": 2, "tid": 7, "name": "nvjet_gemm", "dur": 3_000.0, "args": {}},
+        {"ph": "X", "pid": 2, "tid": 7, "name": "loop_fusion", "dur": 1_000.0, "args": {}},
+    ]
+    s = summarize(events, steps=1, step_seconds=0.005)
+    assert s["op_ms_per_step"] == pytest.approx(4.0)
+    assert s["categories"]["matmul"]["share"] == pytest.approx(0.75)
+    assert [r["op"] for r in s["top"]] == ["nvjet_gemm", "loop_fusion"]

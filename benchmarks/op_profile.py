@@ -58,21 +58,22 @@ def load_trace(directory: Path) -> list[dict[str, Any]]:
     return data["traceEvents"] if isinstance(data, dict) else data
 
 
+def _names(events: list[dict[str, Any]], kind: str, key: Any) -> dict[Any, str]:
+    """{key(event): name} of the trace's metadata events of `kind` (process / thread names)."""
+    return {
+        key(e): e.get("args", {}).get("name", "")
+        for e in events
+        if e.get("ph") == "M" and e.get("name") == kind
+    }
+
+
 def op_events(events: list[dict[str, Any]]) -> list[tuple[str, str, float]]:
     """(op, kernel, microseconds) of every executed op. Events naming an `hlo_op` on device
     processes ("/device:...") when there are any, else the host's (CPU thunks). Device kernels
     without an `hlo_op` (GPU command buffers drop it: run with
     XLA_FLAGS=--xla_gpu_enable_command_buffer=) are grouped by kernel name instead."""
-    processes = {
-        e["pid"]: e.get("args", {}).get("name", "")
-        for e in events
-        if e.get("ph") == "M" and e.get("name") == "process_name"
-    }
-    threads = {
-        (e["pid"], e["tid"]): e.get("args", {}).get("name", "")
-        for e in events
-        if e.get("ph") == "M" and e.get("name") == "thread_name"
-    }
+    processes = _names(events, "process_name", lambda e: e["pid"])
+    threads = _names(events, "thread_name", lambda e: (e["pid"], e["tid"]))
     devices = {pid for pid, name in processes.items() if name.startswith("/device:")}
     complete = [e for e in events if e.get("ph") == "X"]
     named = [e for e in complete if (e.get("args") or {}).get("hlo_op")]
@@ -102,9 +103,10 @@ def summarize(
         count[op] += 1
         kernel.setdefault(op, name)
     op_ms = sum(total.values()) / steps
+    kind = {op: category(op, kernel[op]) for op in total}
     categories: collections.Counter[str] = collections.Counter()
     for op, ms in total.items():
-        categories[category(op, kernel[op])] += ms / steps
+        categories[kind[op]] += ms / steps
     share = (lambda ms: ms / op_ms) if op_ms else (lambda ms: 0.0)
     return {
         "steps": steps,
@@ -118,7 +120,7 @@ def summarize(
             {
                 "op": op,
                 "kernel": kernel[op],
-                "category": category(op, kernel[op]),
+                "category": kind[op],
                 "calls_per_step": count[op] / steps,
                 "ms_per_step": ms / steps,
                 "share": share(ms / steps),

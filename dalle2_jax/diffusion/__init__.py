@@ -24,12 +24,15 @@ Forward process and posterior (gaussian.py)
 Losses (losses.py)
   training_loss(schedule, model_fn, x0, key, *, prediction="eps", learned_variance=False,
                 snr_weighting=None, p2_gamma=1.0, p2_k=1.0, min_snr_gamma=5.0,
-                vlb_weight=1e-3, t=None, noise=None) -> (loss [batch], terms dict)
+                vlb_weight=1e-3, timestep_sampling="uniform", timestep_loc=0.0,
+                timestep_scale=1.0, t=None, noise=None) -> (loss [batch], terms dict)
       snr_weighting: None | "p2" | "min_snr"; learned_variance: model outputs
       [mean-prediction, variance-interp] on the last axis and the hybrid loss
       mse + vlb_weight * T * L_t (L_t in bits/dim, mean channels stop-gradiented) is used.
-  sample_timesteps(key, batch_size, num_timesteps); vlb_term; snr_loss_weight; normal_kl;
-  discretized_gaussian_log_likelihood; mean_flat
+      timestep_sampling: "uniform" | "logit_normal" (timestep_loc, timestep_scale).
+  sample_timesteps(key, batch_size, num_timesteps, sampling="uniform"); vlb_term;
+  snr_loss_weight; normal_kl; discretized_gaussian_log_likelihood; mean_flat;
+  loss_options_from(config.diffusion) -> the weighting / timestep keywords above
 
 Samplers (samplers.py) — one lax.scan each
   sample(schedule, model_fn, shape, key, *, sampler, num_steps, prediction, eta=0.0,
@@ -72,7 +75,9 @@ from dalle2_jax.diffusion.guidance import (
     static_clip,
 )
 from dalle2_jax.diffusion.losses import (
+    TIMESTEP_SAMPLINGS,
     discretized_gaussian_log_likelihood,
+    loss_options_from,
     mean_flat,
     normal_kl,
     sample_timesteps,
@@ -105,6 +110,7 @@ __all__ = [
     "PREDICTIONS",
     "SAMPLERS",
     "SCHEDULE_KINDS",
+    "TIMESTEP_SAMPLINGS",
     "VARIANCES",
     "Schedule",
     "classifier_free_guidance",
@@ -118,6 +124,7 @@ __all__ = [
     "dynamic_threshold",
     "extract",
     "make_schedule",
+    "loss_options_from",
     "mean_flat",
     "normal_kl",
     "p_log_variance",

@@ -7,7 +7,8 @@ Every loss is per example (mean over all non-batch axes), in float32.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +27,7 @@ from dalle2_jax.diffusion.schedules import Schedule
 
 ModelFn = Callable[[jax.Array, jax.Array], jax.Array]
 SNR_WEIGHTINGS = (None, "p2", "min_snr")
+TIMESTEP_SAMPLINGS = ("uniform", "logit_normal")
 
 
 def mean_flat(x: jax.Array) -> jax.Array:
@@ -33,9 +35,46 @@ def mean_flat(x: jax.Array) -> jax.Array:
     return jnp.mean(x, axis=tuple(range(1, x.ndim)))
 
 
-def sample_timesteps(key: jax.Array, batch_size: int, num_timesteps: int) -> jax.Array:
-    """Uniform int32 schedule indices in [0, num_timesteps), shape [batch_size]."""
-    return jax.random.randint(key, (batch_size,), 0, num_timesteps, dtype=jnp.int32)
+def sample_timesteps(
+    key: jax.Array,
+    batch_size: int,
+    num_timesteps: int,
+    sampling: str = "uniform",
+    *,
+    loc: float = 0.0,
+    scale: float = 1.0,
+) -> jax.Array:
+    """Int32 schedule indices in [0, num_timesteps), shape [batch_size].
+
+    "uniform" (DDPM) or "logit_normal" (Esser et al. 2024, SD3): t / T = sigmoid(loc + scale
+    * n), n ~ N(0, 1), which spends training on the middle noise levels where content is
+    decided rather than on the near-clean and near-pure-noise ends.
+    """
+    if sampling == "uniform":
+        return jax.random.randint(key, (batch_size,), 0, num_timesteps, dtype=jnp.int32)
+    if sampling == "logit_normal":
+        u = jax.nn.sigmoid(loc + scale * jax.random.normal(key, (batch_size,), jnp.float32))
+        return jnp.clip(jnp.floor(u * num_timesteps), 0, num_timesteps - 1).astype(jnp.int32)
+    raise ValueError(f"Unknown timestep sampling {sampling!r}; choose from {TIMESTEP_SAMPLINGS}.")
+
+
+def loss_options_from(diffusion_config: Mapping[str, Any]) -> dict[str, Any]:
+    """`training_loss` keywords from a stage's `config.diffusion`: the MSE weighting
+    (`snr_weighting`: None, "p2" or "min_snr", Hang et al. 2023; `min_snr_gamma`, 5) and the
+    timestep distribution (`timestep_sampling`: "uniform" or "logit_normal" with
+    `timestep_loc` / `timestep_scale`, 0 / 1)."""
+    sampling = diffusion_config.get("timestep_sampling", "uniform")
+    if sampling not in TIMESTEP_SAMPLINGS:
+        raise ValueError(
+            f"config.diffusion.timestep_sampling={sampling!r}; choose from {TIMESTEP_SAMPLINGS}."
+        )
+    return {
+        "snr_weighting": diffusion_config.get("snr_weighting") or None,
+        "min_snr_gamma": float(diffusion_config.get("min_snr_gamma", 5.0)),
+        "timestep_sampling": sampling,
+        "timestep_loc": float(diffusion_config.get("timestep_loc", 0.0)),
+        "timestep_scale": float(diffusion_config.get("timestep_scale", 1.0)),
+    }
 
 
 def snr(schedule: Schedule, t: jax.Array) -> jax.Array:
@@ -146,24 +185,34 @@ def training_loss(
     p2_k: float = 1.0,
     min_snr_gamma: float = 5.0,
     vlb_weight: float = 1e-3,
+    timestep_sampling: str = "uniform",
+    timestep_loc: float = 0.0,
+    timestep_scale: float = 1.0,
     t: jax.Array | None = None,
     noise: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Per-example diffusion loss [batch] and its terms {"mse", "vlb", "loss", "t"}.
 
-    Draws t uniformly (unless given) and noise (unless given), calls `model_fn(x_t, timesteps)`
-    with int32 full-schedule timesteps, and regresses the `prediction` target with an
-    (optionally SNR-weighted) MSE. With `learned_variance` the model outputs
-    [mean-prediction, variance-interp] on the last axis and the improved-DDPM hybrid loss is
-    used: mse + lambda * T * L_t with lambda = `vlb_weight` (0.001) and T the schedule length
-    (T * L_t estimates the full bound L_vlb; improved-diffusion's RESCALED_MSE), where L_t sees
-    the mean channels through a stop-gradient so it trains only the variance.
+    Draws t from `timestep_sampling` (see `sample_timesteps`) and noise, unless given, calls
+    `model_fn(x_t, timesteps)` with int32 full-schedule timesteps, and regresses the
+    `prediction` target with an (optionally SNR-weighted) MSE. With `learned_variance` the
+    model outputs [mean-prediction, variance-interp] on the last axis and the improved-DDPM
+    hybrid loss is used: mse + lambda * T * L_t with lambda = `vlb_weight` (0.001) and T the
+    schedule length (T * L_t estimates the full bound L_vlb; improved-diffusion's RESCALED_MSE),
+    where L_t sees the mean channels through a stop-gradient so it trains only the variance.
     """
     check_prediction(prediction)
     x0 = x0.astype(jnp.float32)
     key_t, key_noise = jax.random.split(key)
     if t is None:
-        t = sample_timesteps(key_t, x0.shape[0], schedule.num_timesteps)
+        t = sample_timesteps(
+            key_t,
+            x0.shape[0],
+            schedule.num_timesteps,
+            timestep_sampling,
+            loc=timestep_loc,
+            scale=timestep_scale,
+        )
     if noise is None:
         noise = jax.random.normal(key_noise, x0.shape, jnp.float32)
     x_t = q_sample(schedule, x0, t, noise)

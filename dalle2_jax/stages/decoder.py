@@ -27,7 +27,7 @@ from dalle2_jax.data.shapes import ShapesSource
 from dalle2_jax.models.unet import UNet, UNetConfig
 from dalle2_jax.stages import register
 from dalle2_jax.stages.base import ExampleSource, Stage
-from dalle2_jax.stages.upsampler import snr_weighting_from, unet_config_from
+from dalle2_jax.stages.upsampler import unet_config_from
 
 STAGE_ONLY_MODEL_FIELDS = ("image_drop_prob", "text_drop_prob")
 SAMPLE_DEFAULTS = {"num_steps": 64, "sampler": "ddpm", "guidance_scale": 3.0}
@@ -266,7 +266,7 @@ class DecoderStage(Stage):
             key_diffusion,
             prediction=self.prediction,
             learned_variance=True,
-            **snr_weighting_from(self.config.diffusion),
+            **diffusion.loss_options_from(self.config.diffusion),
         )
         return jnp.mean(losses), {
             "mse": jnp.mean(terms["mse"]),

@@ -217,7 +217,12 @@ class PriorStage(Stage):
         cond = (batch["text_embed"], batch.get("text_tokens"), batch.get("text_mask"), drop)
         model_fn = lambda x, t: self._apply(params, x, t, cond)
         losses, _ = diffusion.training_loss(
-            self.schedule, model_fn, x0, key_diffusion, prediction="x0"
+            self.schedule,
+            model_fn,
+            x0,
+            key_diffusion,
+            prediction="x0",
+            **diffusion.loss_options_from(self.config.diffusion),
         )
         return jnp.mean(losses), {"cond_drop_fraction": jnp.mean(drop.astype(jnp.float32))}
 

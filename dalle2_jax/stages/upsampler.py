@@ -31,15 +31,6 @@ from dalle2_jax.stages.base import ExampleSource, Stage
 SAMPLE_DEFAULTS = {"num_steps": 27, "sampler": "ddim"}
 
 
-def snr_weighting_from(diffusion_config: Mapping[str, Any]) -> dict[str, Any]:
-    """`training_loss` keywords for the MSE weighting: `snr_weighting` (None, "p2" or
-    "min_snr", Hang et al. 2023) and `min_snr_gamma` (5) from a stage's `config.diffusion`."""
-    return {
-        "snr_weighting": diffusion_config.get("snr_weighting") or None,
-        "min_snr_gamma": float(diffusion_config.get("min_snr_gamma", 5.0)),
-    }
-
-
 def unet_config_from(cfg: Mapping[str, Any], **forced: Any) -> UNetConfig:
     """UNetConfig from `config.model` with `forced` fields set; unknown fields raise."""
     fields = {f.name for f in dataclasses.fields(UNetConfig)}
@@ -159,7 +150,7 @@ class UpsamplerStage(Stage):
             batch["image"],
             key_diffusion,
             prediction=self.prediction,
-            **snr_weighting_from(self.config.diffusion),
+            **diffusion.loss_options_from(self.config.diffusion),
         )
         return jnp.mean(losses), {}
 

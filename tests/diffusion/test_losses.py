@@ -81,6 +81,37 @@ def test_sample_timesteps_uniform():
     assert counts.size == 10 and np.all(np.abs(counts / 2000 - 1) < 0.1)
 
 
+@pytest.mark.parametrize("loc,scale", [(0.0, 1.0), (-0.5, 0.7)])
+def test_sample_timesteps_logit_normal(loc, scale):
+    """Empirical CDF of t / T against the logit-normal's Phi((logit(u) - loc) / scale)."""
+    n, num_timesteps = 40000, 1000
+    t = diffusion.sample_timesteps(
+        jax.random.key(1), n, num_timesteps, "logit_normal", loc=loc, scale=scale
+    )
+    chex.assert_type(t, jnp.int32)
+    t = np.asarray(t)
+    assert t.min() >= 0 and t.max() < num_timesteps
+    for u in (0.1, 0.3, 0.5, 0.7, 0.9):
+        expected = norm.cdf((math.log(u / (1 - u)) - loc) / scale)
+        # floor(u T) < k  <=>  u < k / T: the CDF at the grid point k = u T exactly
+        assert abs(np.mean(t < u * num_timesteps) - expected) < 0.01
+
+
+def test_training_loss_uses_timestep_sampling():
+    """The loss draws its t from the requested distribution; unknown names raise."""
+    s = diffusion.make_schedule("cosine", T)
+    x0 = jnp.zeros((4000, 2), jnp.float32)
+    model = lambda x, t: jnp.zeros_like(x)
+    _, terms = diffusion.training_loss(
+        s, model, x0, jax.random.key(0), timestep_sampling="logit_normal", timestep_scale=0.5
+    )
+    t = np.asarray(terms["t"]) / T
+    # scale 0.5: 95% of t / T within sigmoid(+-0.98) = [0.27, 0.73]; uniform would put 46% there
+    assert np.mean((t > 0.273) & (t < 0.727)) > 0.93
+    with pytest.raises(ValueError, match="timestep sampling"):
+        diffusion.training_loss(s, model, x0, jax.random.key(0), timestep_sampling="beta")
+
+
 @pytest.mark.parametrize("weighting", ["p2", "min_snr"])
 def test_snr_weighting(weighting):
     """Closed-form eps weights; one x0 error gives one loss in every parameterisation."""

@@ -134,3 +134,20 @@ def test_config_snr_weighting_reaches_the_loss(setup):
     plain = loss()
     np.testing.assert_allclose(loss(snr_weighting="min_snr", min_snr_gamma=1e12), plain, rtol=1e-5)
     assert abs(loss(snr_weighting="min_snr", min_snr_gamma=1.0) - plain) > 1e-3 * plain
+
+
+def test_config_timestep_sampling_reaches_the_loss(setup):
+    """`config.diffusion.timestep_sampling` changes which t the loss draws (same key); a tiny
+    logit-normal scale puts every t at T / 2 exactly; an unknown name raises, naming the field."""
+    _, params, batch = setup
+
+    def loss(**diffusion):
+        config = decoder_config(tiny=True)
+        config.diffusion.update(diffusion)
+        return get_stage(config).loss(params, batch, jax.random.key(3))
+
+    plain, _ = loss()
+    narrow, _ = loss(timestep_sampling="logit_normal", timestep_scale=1e-6)
+    assert abs(float(narrow) - float(plain)) > 1e-4 * abs(float(plain))
+    with pytest.raises(ValueError, match="timestep_sampling"):
+        loss(timestep_sampling="beta")

@@ -167,6 +167,7 @@ def test_decoder_probe_command(workdir, tmp_path, capsys):
     assert decoder_probe.main([*args, "--noise-levels", "10,90"]) == 0
     result = json.loads(out.read_text())
     assert set(result["x0_from_noised_truth"]["seen"]) == {"10", "90"}
+    assert set(result["ideal_shape_from_x_t"]["heldout"]) == {"10", "90"}
     for split in ("seen", "heldout"):
         assert set(result[split]["generated"]) == {"color", "shape", "size", "position"}
         assert result[split]["ground_truth"]["shape"] == 1.0

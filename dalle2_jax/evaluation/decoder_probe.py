@@ -11,7 +11,9 @@ the decoder can draw it at all, apart from what the prior predicts.
 decoder resolution is noised to each timestep t and the decoder's one-shot x0 prediction is
 read. At small t the attribute is still visible in x_t; at large t it can only come from the
 conditioning, so an attribute lost at large t only is one the decoder does not take from its
-embedding.
+embedding. Next to it, `ideal_shape_from_x_t` is the shape accuracy of the ideal reader of
+the same x_t that knows all but the shape (`probe_ideal_shape`): the most any denoiser can
+read from x_t alone.
 
   python -m dalle2_jax.evaluation.decoder_probe --workdir runs/shapes [--num 64] \
       [--noise-levels 100,400,700] [--out F.json]
@@ -20,6 +22,7 @@ embedding.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -31,6 +34,7 @@ import numpy as np
 
 from dalle2_jax import diffusion
 from dalle2_jax.data.shapes_render import render
+from dalle2_jax.data.shapes_scene import SHAPES, Scene
 from dalle2_jax.data.transforms import to_float
 from dalle2_jax.encoders import ClipEncoder
 from dalle2_jax.evaluation.shapes_eval import (
@@ -86,11 +90,10 @@ def probe_denoising(
     for i, (name, (scenes, captions)) in enumerate(evaluation_prompts(num_per_split, seed).items()):
         truth = np.stack([to_float(render(s, clip_size)) for s in scenes])
         encoded = pipe.encoder.encode(truth, captions)
-        x0 = jnp.asarray(np.stack([to_float(render(s, size)) for s in scenes]))
+        x0, noise = _truth_and_noise(scenes, size, seed, i)
         model = stage.conditional_fn(
             params, encoded["image_embed"], *_text_args(stage, encoded), guidance_scale=1.0
         )
-        noise = jax.random.normal(jax.random.fold_in(jax.random.key(seed), i), x0.shape)
         result[name] = {}
         for t_value in timesteps:
             t = jnp.full((len(scenes),), int(t_value), jnp.int32)
@@ -100,6 +103,53 @@ def probe_denoising(
             images = to_uint8(x0_hat)  # clips to [-1, 1]
             result[name][str(int(t_value))] = attribute_accuracy(images, scenes)
     return result
+
+
+def probe_ideal_shape(
+    schedule: diffusion.Schedule,
+    size: int,
+    timesteps: Sequence[int],
+    *,
+    num_per_split: int = 64,
+    seed: int = 0,
+) -> dict[str, dict[str, float]]:
+    """{split: {t: shape accuracy}} of the ideal reader of the same x_t as `probe_denoising`
+    that knows every attribute but the shape: x_t = alpha x0 + sigma eps with Gaussian eps, so
+    the likeliest of the scene rendered with each shape is the one whose alpha * x0_k is
+    nearest. No denoiser can read more shape from x_t alone; the rest must come from the
+    conditioning."""
+    alphas = np.sqrt(np.asarray(schedule.alphas_cumprod, np.float64))
+    sigmas = np.sqrt(1.0 - np.asarray(schedule.alphas_cumprod, np.float64))
+    result = {}
+    for i, (name, (scenes, _)) in enumerate(evaluation_prompts(num_per_split, seed).items()):
+        x0, noise = (np.asarray(a, np.float64) for a in _truth_and_noise(scenes, size, seed, i))
+        candidates = np.stack([_with_each_shape(s, size) for s in scenes])  # [B, K, H, W, C]
+        truth = np.array([s.objects[0].shape for s in scenes])
+        result[name] = {}
+        for t in timesteps:
+            x_t = alphas[t] * x0 + sigmas[t] * noise
+            dist = np.sum((x_t[:, None] - alphas[t] * candidates) ** 2, axis=(2, 3, 4))
+            result[name][str(int(t))] = float(np.mean(np.argmin(dist, axis=1) == truth))
+    return result
+
+
+def _with_each_shape(scene: Scene, size: int) -> np.ndarray:
+    """[len(SHAPES), size, size, 3] renders of a single-object scene with each shape."""
+    (obj,) = scene.objects
+    variants = [
+        dataclasses.replace(scene, objects=(dataclasses.replace(obj, shape=k),))
+        for k in range(len(SHAPES))
+    ]
+    return np.stack([to_float(render(v, size)) for v in variants])
+
+
+def _truth_and_noise(
+    scenes: Sequence[Scene], size: int, seed: int, index: int
+) -> tuple[jax.Array, jax.Array]:
+    """The ground truth at decoder resolution and the probe's fixed noise for split `index`."""
+    x0 = jnp.asarray(np.stack([to_float(render(s, size)) for s in scenes]))
+    noise = jax.random.normal(jax.random.fold_in(jax.random.key(seed), index), x0.shape)
+    return x0, noise
 
 
 def _text_args(stage, encoded: dict) -> tuple:
@@ -142,6 +192,10 @@ def main(argv: list[str] | None = None) -> int:
         levels = [int(t) for t in args.noise_levels.split(",")]
         result["x0_from_noised_truth"] = probe_denoising(
             pipe, levels, num_per_split=args.num, seed=args.seed
+        )
+        schedule, size = decoder.stage.schedule, decoder.stage.config.data.image_size
+        result["ideal_shape_from_x_t"] = probe_ideal_shape(
+            schedule, size, levels, num_per_split=args.num, seed=args.seed
         )
     text = json.dumps(result, indent=2)
     print(text)

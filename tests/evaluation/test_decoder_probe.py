@@ -77,3 +77,27 @@ def test_denoising_probe_is_exact_for_an_oracle_and_fails_for_a_blind_model():
     blind = probe_denoising(pipe, [10, 990], num_per_split=6)
     assert blind["seen"]["10"]["position"] == 1.0  # x_t at t=10 is almost the image
     assert blind["seen"]["990"]["shape"] < 0.5
+
+
+def test_ideal_shape_reader_of_x_t():
+    """Noise-free x_t: every shape is read; pure noise (alpha = 0): every candidate is equally
+    far, argmin takes the first shape, so accuracy is the share of circles; in between it falls
+    with t."""
+    from dalle2_jax.evaluation.decoder_probe import probe_ideal_shape
+    from dalle2_jax.evaluation.shapes_eval import evaluation_prompts
+
+    n = 12
+    clean = types.SimpleNamespace(alphas_cumprod=np.ones(4))
+    pure_noise = types.SimpleNamespace(alphas_cumprod=np.zeros(4))
+    assert probe_ideal_shape(clean, 32, [0], num_per_split=n) == {
+        "seen": {"0": 1.0},
+        "heldout": {"0": 1.0},
+    }
+    result = probe_ideal_shape(pure_noise, 32, [3], num_per_split=n)
+    for split, (scenes, _) in evaluation_prompts(n, 0).items():
+        circles = np.mean([s.objects[0].shape == 0 for s in scenes])
+        assert result[split]["3"] == circles
+    cosine = probe_ideal_shape(
+        diffusion.make_schedule("cosine", 1000), 32, [100, 950], num_per_split=n
+    )
+    assert cosine["seen"]["100"] == 1.0 and cosine["seen"]["950"] < 0.8

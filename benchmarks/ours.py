@@ -256,6 +256,34 @@ def _xla_memory_bytes(compiled: Any) -> int | None:
     return int(total)
 
 
+def train_step_of(model: str, spec: Spec, dtype: str) -> tuple[Stage, Any, Any]:
+    """(stage, optimizer, step): the trainer's step (loss, clipping, AdamW, EMA) of a model."""
+    config = CONFIGS[model](spec, dtype)
+    stage = stages.get_stage(config)
+    tx, schedule = make_optimizer(config.optim, config.num_steps)
+    return stage, tx, make_train_step(stage.loss, tx, schedule, ema_decay=EMA_DECAY)
+
+
+def abstract_train_args(
+    stage: Stage, tx: Any, batch: int, sharding: jax.sharding.Sharding
+) -> tuple[Any, ...]:
+    """Shapes of (state, batch, key) placed by `sharding`, to lower the step for any target
+    without allocating it."""
+    params = nn.unbox(jax.eval_shape(stage.init, jax.random.key(0)))
+
+    def make_state(p: Any) -> TrainState:
+        zero = jnp.zeros((), jnp.int32)
+        return TrainState(step=zero, params=p, ema_params=p, opt_state=tx.init(p))
+
+    state = jax.eval_shape(make_state, params)
+    shapes = {
+        k: jax.ShapeDtypeStruct((batch, *v.shape), v.dtype) for k, v in stage.batch_spec().items()
+    }
+    key = jax.eval_shape(lambda: jax.random.key(1))
+    place = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+    return jax.tree.map(place, (state, shapes, key))
+
+
 # -- runners ----------------------------------------------------------------------------------
 
 
@@ -266,9 +294,7 @@ class TrainRunner:
         self.model, self.spec, self.dtype = model, spec, dtype
 
     def setup(self) -> dict[str, Any]:
-        config = CONFIGS[self.model](self.spec, self.dtype)
-        stage = stages.get_stage(config)
-        tx, schedule = make_optimizer(config.optim, config.num_steps)
+        stage, tx, step = train_step_of(self.model, self.spec, self.dtype)
         params = init_params(stage)
         self.state = TrainState(
             step=jnp.zeros((), jnp.int32),
@@ -278,7 +304,6 @@ class TrainRunner:
         )
         self.batch = random_batch(stage, self.spec["batch"])
         self.key = jax.random.key(1)
-        step = make_train_step(stage.loss, tx, schedule, ema_decay=EMA_DECAY)
         t0 = time.perf_counter()
         lowered = jax.jit(step, donate_argnums=(0,)).lower(self.state, self.batch, self.key)
         self.compiled = lowered.compile()

@@ -152,6 +152,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", choices=("prior", "decoder", "upsampler"), required=True)
     parser.add_argument("--size", default="tiny", help="a size of benchmarks/sizes.py")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None)
+    parser.add_argument("--attention", choices=("xla", "cudnn"), default="xla")
     parser.add_argument("--warmup", type=int, default=2, help="untraced steps first")
     parser.add_argument("--steps", type=int, default=5, help="traced steps")
     parser.add_argument("--top", type=int, default=25)
@@ -170,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks import sizes as size_specs
 
     dtype = args.dtype or ("float32" if jax.default_backend() == "cpu" else "bfloat16")
-    runner = ours.TrainRunner(args.model, size_specs.get_size(args.size)[args.model], dtype)
+    spec = size_specs.get_size(args.size)[args.model]
+    runner = ours.TrainRunner(args.model, spec, dtype, args.attention)
     info = runner.setup()
     runner.run(args.warmup)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -181,7 +183,14 @@ def main(argv: list[str] | None = None) -> int:
         times = runner.run(args.steps)
     summary = summarize(load_trace(args.out), args.steps, statistics.median(times), args.top)
     summary.update(
-        {"model": args.model, "size": args.size, "dtype": dtype, **ours.device_info(), **info}
+        {
+            "model": args.model,
+            "size": args.size,
+            "dtype": dtype,
+            "attention": args.attention,
+            **ours.device_info(),
+            **info,
+        }
     )
     (args.out / "ops.json").write_text(json.dumps(summary, indent=2))
     print(format_summary(summary))

@@ -81,7 +81,7 @@ def device_peak_bytes() -> int | None:
 # -- stages at the benchmark sizes ------------------------------------------------------------
 
 
-def prior_config(spec: Spec, dtype: str) -> ml_collections.ConfigDict:
+def prior_config(spec: Spec, dtype: str, attention: str = "xla") -> ml_collections.ConfigDict:
     """The prior stage attending to D-wide caption encodings (width = CLIP dim = D)."""
     config = base_prior_config()
     d = spec["dim"]
@@ -98,6 +98,7 @@ def prior_config(spec: Spec, dtype: str) -> ml_collections.ConfigDict:
             "dtype": dtype,
             "scan_layers": False,
             "remat": False,
+            "attention": attention,
         }
     )
     config.embed_norm.update({"kind": "fixed", "scale": d**0.5})
@@ -106,7 +107,7 @@ def prior_config(spec: Spec, dtype: str) -> ml_collections.ConfigDict:
     return config
 
 
-def decoder_config(spec: Spec, dtype: str) -> ml_collections.ConfigDict:
+def decoder_config(spec: Spec, dtype: str, attention: str = "xla") -> ml_collections.ConfigDict:
     """The decoder stage (GLIDE U-Net, learned variance, CLIP + caption context)."""
     config = common.base_config()
     config.stage = "decoder"
@@ -134,6 +135,7 @@ def decoder_config(spec: Spec, dtype: str) -> ml_collections.ConfigDict:
             "context_dim": spec["context_dim"],
             "text_encoder_layers": 0,
             "dtype": dtype,
+            "attention": attention,
         }
     )
     config.diffusion = ml_collections.ConfigDict(
@@ -142,7 +144,7 @@ def decoder_config(spec: Spec, dtype: str) -> ml_collections.ConfigDict:
     return config
 
 
-def upsampler_config(spec: Spec, dtype: str) -> ml_collections.ConfigDict:
+def upsampler_config(spec: Spec, dtype: str, attention: str = "xla") -> ml_collections.ConfigDict:
     """The upsampler stage trained at its full output size (crop = image size)."""
     config = common.base_config()
     config.stage = "upsampler"
@@ -160,6 +162,7 @@ def upsampler_config(spec: Spec, dtype: str) -> ml_collections.ConfigDict:
             "resblock_updown": False,
             "dropout": 0.0,
             "dtype": dtype,
+            "attention": attention,
         }
     )
     config.diffusion = ml_collections.ConfigDict(
@@ -171,8 +174,8 @@ def upsampler_config(spec: Spec, dtype: str) -> ml_collections.ConfigDict:
 CONFIGS = {"prior": prior_config, "decoder": decoder_config, "upsampler": upsampler_config}
 
 
-def build_stage(model: str, spec: Spec, dtype: str) -> Stage:
-    return stages.get_stage(CONFIGS[model](spec, dtype))
+def build_stage(model: str, spec: Spec, dtype: str, attention: str = "xla") -> Stage:
+    return stages.get_stage(CONFIGS[model](spec, dtype, attention))
 
 
 def init_params(stage: Stage, seed: int = 0) -> Any:
@@ -256,9 +259,11 @@ def _xla_memory_bytes(compiled: Any) -> int | None:
     return int(total)
 
 
-def train_step_of(model: str, spec: Spec, dtype: str) -> tuple[Stage, Any, Any]:
+def train_step_of(
+    model: str, spec: Spec, dtype: str, attention: str = "xla"
+) -> tuple[Stage, Any, Any]:
     """(stage, optimizer, step): the trainer's step (loss, clipping, AdamW, EMA) of a model."""
-    config = CONFIGS[model](spec, dtype)
+    config = CONFIGS[model](spec, dtype, attention)
     stage = stages.get_stage(config)
     tx, schedule = make_optimizer(config.optim, config.num_steps)
     return stage, tx, make_train_step(stage.loss, tx, schedule, ema_decay=EMA_DECAY)
@@ -290,11 +295,11 @@ def abstract_train_args(
 class TrainRunner:
     """The donated, jitted train step of one stage on a fixed random batch."""
 
-    def __init__(self, model: str, spec: Spec, dtype: str):
-        self.model, self.spec, self.dtype = model, spec, dtype
+    def __init__(self, model: str, spec: Spec, dtype: str, attention: str = "xla"):
+        self.model, self.spec, self.dtype, self.attention = model, spec, dtype, attention
 
     def setup(self) -> dict[str, Any]:
-        stage, tx, step = train_step_of(self.model, self.spec, self.dtype)
+        stage, tx, step = train_step_of(self.model, self.spec, self.dtype, self.attention)
         params = init_params(stage)
         self.state = TrainState(
             step=jnp.zeros((), jnp.int32),
@@ -330,14 +335,21 @@ class TrainRunner:
 class SampleRunner:
     """One stage's `sample` (or the chain prior -> decoder -> upsampler for "e2e")."""
 
-    def __init__(self, model: str, size: dict[str, Spec], dtype: str, cache: dict | None = None):
-        self.model, self.size, self.dtype = model, size, dtype
+    def __init__(
+        self,
+        model: str,
+        size: dict[str, Spec],
+        dtype: str,
+        cache: dict | None = None,
+        attention: str = "xla",
+    ):
+        self.model, self.size, self.dtype, self.attention = model, size, dtype, attention
         self.cache = {} if cache is None else cache  # stages + params shared with e2e
         self.calls = 0
 
     def _stage(self, model: str) -> tuple[Stage, Any]:
         if model not in self.cache:
-            stage = build_stage(model, self.size[model], self.dtype)
+            stage = build_stage(model, self.size[model], self.dtype, self.attention)
             self.cache[model] = (stage, init_params(stage))
         return self.cache[model]
 

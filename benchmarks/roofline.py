@@ -1,7 +1,7 @@
 """Roofline of a training step on a GPU, without the GPU: compile for the target, then count.
 
   python benchmarks/roofline.py --model prior --size large --gpu h200 [--dtype bfloat16] \
-      [--out roofline.json] [--hlo-out step.hlo]
+      [--attention xla|cudnn] [--out roofline.json] [--hlo-out step.hlo]
   python benchmarks/roofline.py --hlo module.after_optimizations.txt --gpu h200
 
 Lowers the same train step as run.py (`ours.train_step_of`) for an NVIDIA GPU described by a
@@ -22,8 +22,10 @@ Needs `pip install jax-cuda13-plugin==<jax version>` (or -cuda12-); no CUDA libr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,7 @@ GPUS: dict[str, dict[str, Any]] = {
                  peak_bf16=989e12, smem_sm=233472, smem_block=232448, l2=50 * 2**20, fpus=128),
 }  # fmt: skip
 LAUNCH_S = 2e-6  # per kernel, back to back (CUDA graphs)
+CUDNN_VERSION = 91200  # the oldest cuDNN the jax CUDA 13 plugin accepts (9.12)
 
 
 def target_config(gpu: str) -> str:
@@ -75,7 +78,27 @@ device_description_str: "NVIDIA {gpu.upper()}"
 """
 
 
-def compile_for_gpu(model: str, size: str, dtype: str, gpu: str) -> str:
+@contextlib.contextmanager
+def cudnn_checks_for(gpu: str) -> Iterator[None]:
+    """JAX's cuDNN attention asks the local backend for cuDNN's version and the GPU's compute
+    capability before it lowers; with no GPU here, answer them for the target."""
+    from jax._src.cudnn import fused_attention_stablehlo as fa
+
+    cc = GPUS[gpu]["cc"]
+    parse = lambda text: tuple(int(x) for x in text.split("."))
+    names = ("check_cudnn_version", "check_compute_capability", "is_cuda_compute_capability_equal")
+    saved = {name: getattr(fa, name) for name in names}
+    fa.check_cudnn_version = lambda: CUDNN_VERSION
+    fa.check_compute_capability = lambda c: cc >= parse(c)
+    fa.is_cuda_compute_capability_equal = lambda c: cc == parse(c)
+    try:
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(fa, name, fn)
+
+
+def compile_for_gpu(model: str, size: str, dtype: str, gpu: str, attention: str = "xla") -> str:
     """The optimized HLO text of `model`'s train step compiled for `gpu` without a device."""
     import jax
     from jax.experimental import topologies
@@ -93,10 +116,12 @@ def compile_for_gpu(model: str, size: str, dtype: str, gpu: str) -> str:
             f"jax: pip install jax-cuda13-plugin=={jax.__version__}"
         ) from e
     spec = size_specs.get_size(size)[model]
-    stage, tx, step = ours.train_step_of(model, spec, dtype)
+    stage, tx, step = ours.train_step_of(model, spec, dtype, attention)
     sharding = jax.sharding.SingleDeviceSharding(topology.devices[0])
-    args = ours.abstract_train_args(stage, tx, spec["batch"], sharding)
-    return jax.jit(step, donate_argnums=(0,)).lower(*args).compile().as_text()
+    with cudnn_checks_for(gpu) if attention == "cudnn" else contextlib.nullcontext():
+        args = ours.abstract_train_args(stage, tx, spec["batch"], sharding)
+        lowered = jax.jit(step, donate_argnums=(0,)).lower(*args)
+    return lowered.compile().as_text()
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -105,6 +130,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--size", default="large", help="a size of benchmarks/sizes.py")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="bfloat16")
     parser.add_argument("--gpu", choices=sorted(GPUS), default="h200")
+    parser.add_argument("--attention", choices=("xla", "cudnn"), default="xla")
     parser.add_argument("--hlo", type=Path, help="read this optimized HLO text instead")
     parser.add_argument("--peak-tflops", type=float, help="override the table's bf16 peak")
     parser.add_argument("--top", type=int, default=20)
@@ -127,14 +153,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         flags = os.environ.get("XLA_FLAGS", "")
         if "xla_gpu_enable_triton_gemm" not in flags:
             os.environ["XLA_FLAGS"] = f"{flags} --xla_gpu_enable_triton_gemm=false".strip()
-        text = compile_for_gpu(args.model, args.size, args.dtype, args.gpu)
+        text = compile_for_gpu(args.model, args.size, args.dtype, args.gpu, args.attention)
         if args.hlo_out:
             args.hlo_out.write_text(text)
     gpu = GPUS[args.gpu]
     peak = args.peak_tflops * 1e12 if args.peak_tflops else gpu["peak_bf16"]
     ops = hlo_cost.module_ops(text)
     summary = hlo_cost.summarize(ops, peak, gpu["bandwidth"], LAUNCH_S, top=args.top)
-    summary.update({"gpu": args.gpu, "model": args.model, "size": args.size, "dtype": args.dtype})
+    summary.update(
+        {
+            "gpu": args.gpu,
+            "model": args.model,
+            "size": args.size,
+            "dtype": args.dtype,
+            "attention": args.attention,
+        }
+    )
     print(hlo_cost.format_summary(summary))
     if args.out:
         args.out.write_text(hlo_cost.dumps(summary))

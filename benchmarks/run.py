@@ -127,6 +127,7 @@ def bench_row(
     size: dict[str, dict],
     *,
     dtype: str,
+    attention: str = "xla",
     schedule: dict[str, Any],
     peak: float,
     platform: str,
@@ -137,9 +138,9 @@ def bench_row(
     from benchmarks import ours
 
     if mode == "train":
-        runner = ours.TrainRunner(model, size[model], dtype)
+        runner = ours.TrainRunner(model, size[model], dtype, attention)
     else:
-        runner = ours.SampleRunner(model, size, dtype, cache)
+        runner = ours.SampleRunner(model, size, dtype, cache, attention)
     ours_info = runner.setup()
     peer = PeerProcess(peer_python) if peer_python else None
     try:
@@ -257,6 +258,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="compute dtype (default: float32 on CPU, bfloat16 elsewhere)",
     )
     parser.add_argument(
+        "--attention",
+        choices=("xla", "cudnn"),
+        default="xla",
+        help="our attention kernel (cudnn: NVIDIA GPUs, bfloat16)",
+    )
+    parser.add_argument(
         "--sizes", default=None, help="comma-separated tiny,medium,large (default tiny,medium)"
     )
     parser.add_argument(
@@ -310,6 +317,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     meta = {
         **device,
         "dtype": dtype,
+        "attention": args.attention,
         "cpus": len(os.sched_getaffinity(0)),
         "quick": args.quick,
         "peer": None if peer_python is None else _peer_versions(peer_python),
@@ -331,6 +339,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 size_name,
                 size,
                 dtype=dtype,
+                attention=args.attention,
                 schedule=schedule,
                 peak=peak_start["flops_per_s"],
                 platform=device["platform"],
@@ -347,7 +356,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result = {"meta": meta, "rows": rows}
     print()
     print(
-        f"{device['device_kind']} ({device['platform']}, {meta['cpus']} cpus), {dtype}; "
+        f"{device['device_kind']} ({device['platform']}, {meta['cpus']} cpus), {dtype}, "
+        f"{args.attention} attention; "
         f"measured peak {peak_start['flops_per_s'] / 1e12:.3f} TFLOP/s "
         f"({peak_end['flops_per_s'] / 1e12:.3f} at the end); "
         "speedup = peer time / our time"

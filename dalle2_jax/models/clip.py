@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dalle2_jax.models.attention import check_implementation as check_attention
 from dalle2_jax.models.layers import (
     ACTIVATIONS,
     TransformerStack,
@@ -103,6 +104,10 @@ class CLIPConfig:
     logit_scale_init: float = 2.6592  # log(1 / 0.07), as rounded by HF
     dtype: str = "float32"  # compute dtype of the transformers; "bfloat16" on accelerators
     remat: bool = False  # rematerialise each transformer block in the backward pass
+    attention: str = "xla"  # the attention kernel: "xla" or "cudnn" (models.attention)
+
+    def __post_init__(self):
+        check_attention(self.attention, self.dtype)
 
     @classmethod
     def from_hf_config(cls, hf: Mapping[str, Any], **overrides: Any) -> CLIPConfig:
@@ -265,7 +270,9 @@ def clip_config(name: str, **overrides: Any) -> CLIPConfig:
 ACTIVATION_AXES = ("batch", "length", "embed")
 
 
-def _stack(cfg: CLIPTextConfig | CLIPVisionConfig, dtype: Any, remat: bool) -> TransformerStack:
+def _stack(
+    cfg: CLIPTextConfig | CLIPVisionConfig, dtype: Any, remat: bool, attention: str
+) -> TransformerStack:
     """Encoder with OpenAI CLIP's init: std width^-0.5, residual outputs / sqrt(2 * layers)."""
     std = cfg.width**-0.5
     return TransformerStack(
@@ -276,6 +283,7 @@ def _stack(cfg: CLIPTextConfig | CLIPVisionConfig, dtype: Any, remat: bool) -> T
         layer_norm_eps=cfg.layer_norm_eps,
         dtype=dtype,
         remat=remat,
+        attention=attention,
         kernel_init=normal_init(std),
         out_kernel_init=normal_init(std * (2 * cfg.layers) ** -0.5),
         name="encoder",
@@ -319,6 +327,7 @@ class CLIPTextTransformer(nn.Module):
     config: CLIPTextConfig
     dtype: Any = jnp.float32
     remat: bool = False
+    attention: str = "xla"
 
     @nn.compact
     def __call__(self, ids: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -329,7 +338,7 @@ class CLIPTextTransformer(nn.Module):
         x = CLIPTextEmbeddings(cfg, self.dtype, name="embeddings")(ids)
         x = nn.with_logical_constraint(x, ACTIVATION_AXES)
         attn_mask = causal_mask(ids.shape[-1]) & mask[:, None, None, :]
-        x = _stack(cfg, self.dtype, self.remat)(x, attn_mask)
+        x = _stack(cfg, self.dtype, self.remat, self.attention)(x, attn_mask)
         hidden = layer_norm(cfg.layer_norm_eps, name="final_layer_norm")(x)
         hidden = nn.with_logical_constraint(hidden, ACTIVATION_AXES)
         if cfg.pooling == "argmax":
@@ -388,6 +397,7 @@ class CLIPVisionTransformer(nn.Module):
     config: CLIPVisionConfig
     dtype: Any = jnp.float32
     remat: bool = False
+    attention: str = "xla"
 
     @nn.compact
     def __call__(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -402,7 +412,7 @@ class CLIPVisionTransformer(nn.Module):
         x = CLIPVisionEmbeddings(cfg, self.dtype, name="embeddings")(images)
         x = layer_norm(cfg.layer_norm_eps, name="pre_layrnorm")(x).astype(self.dtype)
         x = nn.with_logical_constraint(x, ACTIVATION_AXES)
-        x = _stack(cfg, self.dtype, self.remat)(x)
+        x = _stack(cfg, self.dtype, self.remat, self.attention)(x)
         pooled = layer_norm(cfg.layer_norm_eps, name="post_layernorm")(x[:, 0])
         return x, pooled
 
@@ -415,8 +425,8 @@ class CLIP(nn.Module):
     def setup(self):
         cfg = self.config
         dtype = jnp.dtype(cfg.dtype)
-        self.text_model = CLIPTextTransformer(cfg.text, dtype, cfg.remat)
-        self.vision_model = CLIPVisionTransformer(cfg.vision, dtype, cfg.remat)
+        self.text_model = CLIPTextTransformer(cfg.text, dtype, cfg.remat, cfg.attention)
+        self.vision_model = CLIPVisionTransformer(cfg.vision, dtype, cfg.remat, cfg.attention)
         self.text_projection = dense(
             cfg.embed_dim,
             ("embed", None),

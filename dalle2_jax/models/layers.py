@@ -17,6 +17,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dalle2_jax.models.attention import cudnn_attention
+
 Dtype = Any
 Initializer = Callable[..., jax.Array]
 
@@ -85,13 +87,20 @@ def causal_mask(length: int) -> jax.Array:
 
 
 def dot_product_attention(
-    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None = None
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    mask: jax.Array | None = None,
+    implementation: str = "xla",
 ) -> jax.Array:
     """Scaled dot-product attention on [B, L, H, D] tensors; logits and softmax in float32.
 
     `mask` is boolean, broadcastable to [B, H, Lq, Lk], True = attend. A fully masked row
-    gives a uniform average rather than NaN.
+    gives a uniform average rather than NaN. `implementation` "cudnn" runs cuDNN's fused
+    kernel instead (`dalle2_jax.models.attention`).
     """
+    if implementation == "cudnn":
+        return cudnn_attention(q, k, v, mask)
     scale = q.shape[-1] ** -0.5
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
     if mask is not None:
@@ -108,6 +117,7 @@ class MultiHeadAttention(nn.Module):
     dtype: Dtype = jnp.float32
     kernel_init: Initializer = default_kernel_init
     out_kernel_init: Initializer = default_kernel_init
+    attention: str = "xla"  # the kernel: "xla" or "cudnn" (dalle2_jax.models.attention)
 
     @nn.compact
     def __call__(
@@ -131,7 +141,7 @@ class MultiHeadAttention(nn.Module):
             return y.reshape(*y.shape[:-1], self.num_heads, features // self.num_heads)
 
         q, k, v = project(x, "q_proj"), project(context, "k_proj"), project(context, "v_proj")
-        out = dot_product_attention(q, k, v, mask)
+        out = dot_product_attention(q, k, v, mask, self.attention)
         out = out.reshape(*out.shape[:-2], features)
         out = nn.with_logical_constraint(out, ("batch", "length", "heads"))
         out = dense(
@@ -183,14 +193,16 @@ class TransformerBlock(nn.Module):
     dtype: Dtype = jnp.float32
     kernel_init: Initializer = default_kernel_init
     out_kernel_init: Initializer = default_kernel_init
+    attention: str = "xla"
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
         inits = dict(kernel_init=self.kernel_init, out_kernel_init=self.out_kernel_init)
         h = layer_norm(self.layer_norm_eps, name="layer_norm1")(x).astype(self.dtype)
-        x = x + MultiHeadAttention(self.num_heads, dtype=self.dtype, name="self_attn", **inits)(
-            h, mask=mask
+        attn = MultiHeadAttention(
+            self.num_heads, dtype=self.dtype, attention=self.attention, name="self_attn", **inits
         )
+        x = x + attn(h, mask=mask)
         h = layer_norm(self.layer_norm_eps, name="layer_norm2")(x).astype(self.dtype)
         x = x + MLP(self.mlp_dim, self.act, dtype=self.dtype, name="mlp", **inits)(h)
         return nn.with_logical_constraint(x, ("batch", "length", "embed"))
@@ -208,6 +220,7 @@ class TransformerStack(nn.Module):
     remat: bool = False
     kernel_init: Initializer = default_kernel_init
     out_kernel_init: Initializer = default_kernel_init
+    attention: str = "xla"
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
@@ -221,6 +234,7 @@ class TransformerStack(nn.Module):
                 self.dtype,
                 self.kernel_init,
                 self.out_kernel_init,
+                self.attention,
                 name=f"layers_{i}",
             )(x, mask)
         return x

@@ -26,6 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dalle2_jax.models.attention import check_implementation as check_attention
 from dalle2_jax.models.count import param_count_abstract as count_params
 from dalle2_jax.models.embeddings import timestep_embedding
 from dalle2_jax.models.layers import (
@@ -53,6 +54,8 @@ class PriorConfig:
     use_text_encodings: False conditions on the text embedding alone (no caption tokens).
     time_embed_dim: size of the sinusoidal timestep features fed to the timestep MLP.
     dtype: compute dtype of the matmuls ("bfloat16" on accelerators); params stay float32.
+    attention: the attention kernel, "xla" or "cudnn" (NVIDIA GPUs, bf16; see
+        dalle2_jax.models.attention).
     """
 
     clip_dim: int = 768
@@ -69,6 +72,7 @@ class PriorConfig:
     dtype: str = "float32"
     scan_layers: bool = False
     remat: bool = False
+    attention: str = "xla"
 
     def __post_init__(self):
         if self.width % self.heads:
@@ -79,6 +83,7 @@ class PriorConfig:
             raise ValueError(f"Prior dimensions must be positive: {self}.")
         if self.use_text_encodings and min(self.text_len, self.text_width) < 1:
             raise ValueError("use_text_encodings needs text_len >= 1 and text_width >= 1.")
+        check_attention(self.attention, self.dtype)
 
     @property
     def hidden_dim(self) -> int:
@@ -143,6 +148,7 @@ class _ScannedBlocks(nn.Module):
             jnp.dtype(cfg.dtype),
             self.kernel_init,
             self.out_kernel_init,
+            cfg.attention,
             name="layers",
         )
 
@@ -248,6 +254,7 @@ class DiffusionPrior(nn.Module):
             layer_norm_eps=cfg.layer_norm_eps,
             dtype=jnp.dtype(cfg.dtype),
             remat=cfg.remat,
+            attention=cfg.attention,
             name="transformer",
             **inits,
         )

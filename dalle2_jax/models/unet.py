@@ -30,6 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dalle2_jax.models.attention import check_implementation as check_attention
 from dalle2_jax.models.embeddings import timestep_embedding
 from dalle2_jax.models.unet_blocks import (
     NORM_GROUPS,
@@ -66,6 +67,8 @@ class UNetConfig:
         At 32 channels, 32 groups is instance norm; fewer groups allow narrower widths.
     dtype: compute dtype name ("bfloat16" on accelerators); parameters are always float32.
     remat: rematerialise residual, attention and text blocks in the backward pass.
+    attention: the attention kernel, "xla" or "cudnn" (NVIDIA GPUs, bf16; see
+        dalle2_jax.models.attention).
     """
 
     image_size: int = 64
@@ -90,6 +93,7 @@ class UNetConfig:
     low_res_channels: int | None = None
     dtype: str = "float32"
     remat: bool = False
+    attention: str = "xla"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channel_mult", tuple(int(m) for m in self.channel_mult))
@@ -149,6 +153,7 @@ class UNetConfig:
             )
         if self.low_res_channels is not None and self.low_res_channels < 1:
             raise ValueError(f"low_res_channels must be None or >= 1: {self.low_res_channels}")
+        check_attention(self.attention, self.dtype)
 
     @property
     def levels(self) -> int:
@@ -237,7 +242,11 @@ class UNet(nn.Module):
 
         def attention(name: str, h: jax.Array) -> jax.Array:
             block = attn_cls(
-                cfg.num_head_channels, dtype=dtype, norm_groups=cfg.norm_groups, name=name
+                cfg.num_head_channels,
+                dtype=dtype,
+                norm_groups=cfg.norm_groups,
+                attention=cfg.attention,
+                name=name,
             )
             return block(h, context, context_mask)
 
@@ -386,6 +395,7 @@ class UNet(nn.Module):
                 heads=cfg.text_encoder_heads,
                 dtype=jnp.dtype(cfg.dtype),
                 remat=cfg.remat,
+                attention=cfg.attention,
                 name="text_encoder",
             )(text_tokens, text_mask)
             pooled = last_valid_token(encoded, text_mask)

@@ -15,6 +15,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dalle2_jax.models.attention import cudnn_attention
+
 Dtype = Any
 AxisNames = tuple[str | None, ...]
 
@@ -115,13 +117,18 @@ def qkv_attention(
     v: jax.Array,
     key_mask: jax.Array | None,
     dtype: Dtype,
+    implementation: str = "xla",
 ) -> jax.Array:
     """Multi-head attention of q [B,T,H,C] over k, v [B,S,H,C]; key_mask [B,S] True = attend.
 
     As ADM, q and k are each scaled by C**-1/4 before the product (stable in low precision);
     the softmax is float32. Masked keys get the most negative finite logit, so a row whose keys
-    are all masked yields finite (uniform) weights instead of NaN.
+    are all masked yields finite (uniform) weights instead of NaN. `implementation` "cudnn"
+    runs cuDNN's fused kernel instead (`dalle2_jax.models.attention`).
     """
+    if implementation == "cudnn":
+        mask = None if key_mask is None else key_mask[:, None, None, :]
+        return cudnn_attention(q, k, v, mask)
     scale = q.shape[-1] ** -0.25
     logits = jnp.einsum("bthc,bshc->bhts", q * scale, k * scale).astype(jnp.float32)
     if key_mask is not None:
@@ -212,6 +219,7 @@ class AttentionBlock(nn.Module):
     num_head_channels: int = 64
     dtype: Dtype = jnp.float32
     norm_groups: int = NORM_GROUPS
+    attention: str = "xla"  # the kernel: "xla" or "cudnn" (dalle2_jax.models.attention)
 
     @nn.compact
     def __call__(
@@ -237,7 +245,8 @@ class AttentionBlock(nn.Module):
             if context_mask is not None:
                 image_mask = jnp.ones((b, height * width), dtype=bool)
                 key_mask = jnp.concatenate([context_mask.astype(bool), image_mask], axis=1)
-        a = qkv_attention(q, k, v, key_mask, self.dtype).reshape(b, height * width, c)
+        a = qkv_attention(q, k, v, key_mask, self.dtype, self.attention)
+        a = a.reshape(b, height * width, c)
         out = dense(c, ("heads", "embed"), dtype=self.dtype, zero_init=True, name="proj_out")(a)
         return constrain_feature_map(x.astype(self.dtype) + out.reshape(b, height, width, c))
 
@@ -251,6 +260,7 @@ class TextTransformerBlock(nn.Module):
     width: int
     heads: int
     dtype: Dtype = jnp.float32
+    attention: str = "xla"
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array | None) -> jax.Array:
@@ -259,7 +269,8 @@ class TextTransformerBlock(nn.Module):
         h = layer_norm("ln_1")(x).astype(self.dtype)
         qkv = dense(3 * self.width, ("embed", "heads"), dtype=self.dtype, name="attn_c_qkv")(h)
         q, k, v = jnp.moveaxis(qkv.reshape(b, length, self.heads, 3, ch), 3, 0)
-        a = qkv_attention(q, k, v, mask, self.dtype).reshape(b, length, self.width)
+        a = qkv_attention(q, k, v, mask, self.dtype, self.attention)
+        a = a.reshape(b, length, self.width)
         x = x + dense(self.width, ("heads", "embed"), dtype=self.dtype, name="attn_c_proj")(a)
         h = layer_norm("ln_2")(x).astype(self.dtype)
         h = dense(4 * self.width, ("embed", "mlp"), dtype=self.dtype, name="mlp_c_fc")(h)
@@ -282,6 +293,7 @@ class TextEncoder(nn.Module):
     heads: int = 8
     dtype: Dtype = jnp.float32
     remat: bool = False
+    attention: str = "xla"
 
     @nn.compact
     def __call__(self, tokens: jax.Array, mask: jax.Array | None) -> jax.Array:
@@ -290,7 +302,10 @@ class TextEncoder(nn.Module):
         )
         block_cls = nn.remat(TextTransformerBlock) if self.remat else TextTransformerBlock
         for i in range(self.layers):
-            x = block_cls(self.width, self.heads, dtype=self.dtype, name=f"resblocks_{i}")(x, mask)
+            block = block_cls(
+                self.width, self.heads, self.dtype, self.attention, name=f"resblocks_{i}"
+            )
+            x = block(x, mask)
         return layer_norm("final_ln")(x)
 
 

@@ -1,0 +1,119 @@
+"""`dalle2_jax.models.attention`: the cuDNN path's padding and masks, run through JAX's XLA
+kernel (the cuDNN kernel itself needs a GPU), against the reference attention, values and
+gradients; and the config checks that keep "cudnn" to bf16 / fp16 on a GPU."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dalle2_jax.models.attention import check_implementation, cudnn_attention, pad_to_even
+from dalle2_jax.models.clip import CLIPConfig
+from dalle2_jax.models.layers import causal_mask, dot_product_attention
+from dalle2_jax.models.prior import DiffusionPrior, PriorConfig, dummy_inputs
+from dalle2_jax.models.unet import UNetConfig
+
+
+def _qkv(t: int, s: int, seed: int = 0):
+    kq, kk, kv = jax.random.split(jax.random.key(seed), 3)
+    shape = lambda n: (2, n, 3, 8)  # B, length, heads, head dim
+    return (
+        jax.random.normal(kq, shape(t)),
+        jax.random.normal(kk, shape(s)),
+        jax.random.normal(kv, shape(s)),
+    )
+
+
+def _padded_xla(q, k, v, mask):
+    """The cuDNN path's inputs (padded to even lengths) through JAX's XLA kernel."""
+    qp, kp, vp, mp = pad_to_even(q, k, v, mask)
+    return jax.nn.dot_product_attention(qp, kp, vp, mask=mp, implementation="xla")[:, : q.shape[1]]
+
+
+def _prior_mask(length: int) -> jax.Array:
+    """Causal, with caption tokens 2..4 of the first example padded (hidden as keys)."""
+    keys = np.ones((2, length), bool)
+    keys[0, 2:5] = False
+    return causal_mask(length) & jnp.asarray(keys)[:, None, None, :]
+
+
+def _key_mask(t: int, s: int) -> jax.Array:
+    """The decoder's context mask: the last 3 context keys of the second example padded."""
+    keys = np.ones((2, s), bool)
+    keys[1, s - t - 3 : s - t] = False
+    return jnp.asarray(keys)[:, None, None, :]
+
+
+@pytest.mark.parametrize(
+    ("t", "s", "mask_fn"),
+    [
+        (9, 9, lambda t, s: _prior_mask(t)),  # odd: a padded key and query row
+        (8, 8, lambda t, s: _prior_mask(t)),  # even: nothing padded
+        (6, 11, _key_mask),  # image queries over context + image keys
+    ],
+)
+def test_padded_inputs_give_the_reference_attention_and_gradients(t, s, mask_fn):
+    q, k, v = _qkv(t, s)
+    mask = mask_fn(t, s)
+    padded = pad_to_even(q, k, v, mask)
+    assert padded[0].shape[1] % 2 == 0 and padded[1].shape[1] % 2 == 0
+    assert padded[3].shape == (2, 1, padded[0].shape[1], padded[1].shape[1])
+
+    np.testing.assert_allclose(
+        _padded_xla(q, k, v, mask), dot_product_attention(q, k, v, mask), rtol=1e-5, atol=1e-5
+    )
+    weights = jax.random.normal(jax.random.key(1), q.shape)
+
+    def loss(fn):
+        return lambda q, k, v: jnp.sum(fn(q, k, v, mask) * weights)
+
+    got = jax.grad(loss(_padded_xla), argnums=(0, 1, 2))(q, k, v)
+    want = jax.grad(loss(dot_product_attention), argnums=(0, 1, 2))(q, k, v)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+
+
+def test_padded_query_rows_and_keys_are_hidden():
+    q, k, v = _qkv(3, 5)
+    _, kp, _, mask = pad_to_even(q, k, v, jnp.ones((1, 1, 1, 5), bool))
+    assert kp.shape[1] == 6 and not mask[..., :3, 5].any()  # the padded key: hidden
+    assert mask[..., 3, :].all()  # the padded query row attends (its output is cut)
+
+
+def test_check_implementation():
+    check_implementation("xla", "float32")
+    check_implementation("cudnn", "bfloat16")
+    with pytest.raises(ValueError, match="Unknown attention 'flash'"):
+        check_implementation("flash", "bfloat16")
+    with pytest.raises(ValueError, match="bfloat16 or float16, not float32"):
+        check_implementation("cudnn", "float32")
+
+
+def test_model_configs_check_their_attention():
+    with pytest.raises(ValueError, match="bfloat16 or float16"):
+        PriorConfig(attention="cudnn")  # float32 by default
+    with pytest.raises(ValueError, match="Unknown attention"):
+        UNetConfig(attention="flash")
+    with pytest.raises(ValueError, match="Unknown attention"):
+        CLIPConfig(attention="flash")
+    assert UNetConfig(attention="cudnn", dtype="bfloat16").attention == "cudnn"
+    assert CLIPConfig(attention="cudnn", dtype="bfloat16").attention == "cudnn"
+
+
+def test_cudnn_needs_a_gpu_and_says_what_to_use_instead():
+    if jax.default_backend() == "gpu":
+        pytest.skip("this backend has cuDNN")
+    cfg = PriorConfig(
+        clip_dim=16, text_len=3, text_width=8, width=16, depth=1, heads=2,
+        dtype="bfloat16", attention="cudnn",
+    )  # fmt: skip
+    with pytest.raises(RuntimeError, match="attention='xla'"):
+        DiffusionPrior(cfg).init(jax.random.key(0), *dummy_inputs(cfg))
+
+
+def test_cudnn_takes_one_mask_for_all_heads():
+    q, k, v = _qkv(4, 4)
+    with pytest.raises(ValueError, match="one mask for all heads"):
+        cudnn_attention(q, k, v, jnp.ones((2, 3, 4, 4), bool))

@@ -20,6 +20,7 @@ which keeps compile time flat in depth; `remat` recomputes each block in the bac
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -56,6 +57,10 @@ class PriorConfig:
     dtype: compute dtype of the matmuls ("bfloat16" on accelerators); params stay float32.
     attention: the attention kernel, "xla" or "cudnn" (NVIDIA GPUs, bf16; see
         dalle2_jax.models.attention).
+    pad_to_multiple: pad the token sequence with positions after the final query up to a
+        multiple of this (causal attention hides them from every real position, so outputs
+        are unchanged). "cudnn" pads to at least even, which its kernel needs with a mask,
+        once here rather than around every attention call.
     """
 
     clip_dim: int = 768
@@ -73,6 +78,7 @@ class PriorConfig:
     scan_layers: bool = False
     remat: bool = False
     attention: str = "xla"
+    pad_to_multiple: int = 1
 
     def __post_init__(self):
         if self.width % self.heads:
@@ -84,6 +90,8 @@ class PriorConfig:
         if self.use_text_encodings and min(self.text_len, self.text_width) < 1:
             raise ValueError("use_text_encodings needs text_len >= 1 and text_width >= 1.")
         check_attention(self.attention, self.dtype)
+        if self.pad_to_multiple < 1:
+            raise ValueError(f"pad_to_multiple must be >= 1, got {self.pad_to_multiple}.")
 
     @property
     def hidden_dim(self) -> int:
@@ -98,12 +106,19 @@ class PriorConfig:
     def seq_len(self) -> int:
         return self.num_text_tokens + NUM_TAIL_TOKENS
 
+    @property
+    def padded_seq_len(self) -> int:
+        """seq_len rounded up to pad_to_multiple (to even at least for "cudnn")."""
+        multiple = math.lcm(self.pad_to_multiple, 2 if self.attention == "cudnn" else 1)
+        return -(-self.seq_len // multiple) * multiple
+
 
 def prior_attention_mask(text_mask: jax.Array | None, num_tail: int = NUM_TAIL_TOKENS) -> jax.Array:
     """Boolean [B or 1, 1, S, S] mask: causal, and padded caption tokens hidden as keys.
 
     `text_mask` [B, L] (True = real token) covers the first L positions; the `num_tail`
-    positions after them (text embedding, timestep, noised embedding, query) are always valid.
+    positions after them (text embedding, timestep, noised embedding, query, then any padding
+    positions, which causality hides) are always valid.
     """
     if text_mask is None:
         return causal_mask(num_tail)
@@ -229,10 +244,12 @@ class DiffusionPrior(nn.Module):
         ]
         x = jnp.concatenate(parts, axis=1)
         positions = learned("position_embedding", (cfg.seq_len, width), (None, "embed"))
-        x = nn.with_logical_constraint(x + positions[None], ACTIVATION_AXES)
+        x = x + positions[None]
+        pad = cfg.padded_seq_len - cfg.seq_len
+        x = nn.with_logical_constraint(jnp.pad(x, ((0, 0), (0, pad), (0, 0))), ACTIVATION_AXES)
 
-        x = self._blocks()(x, prior_attention_mask(mask))
-        hidden = layer_norm(cfg.layer_norm_eps, name="final_layer_norm")(x)
+        x = self._blocks()(x, prior_attention_mask(mask, NUM_TAIL_TOKENS + pad))
+        hidden = layer_norm(cfg.layer_norm_eps, name="final_layer_norm")(x[:, : cfg.seq_len])
         hidden = nn.with_logical_constraint(hidden, ACTIVATION_AXES)
         self.sow("intermediates", "hidden", hidden)
         out = dense(cfg.clip_dim, ("embed", None), dtype=jnp.float32, name="out_proj")

@@ -223,6 +223,30 @@ def test_scanned_layers_match_unrolled_stack(tiny):
     assert "remat" in str(jax.make_jaxpr(jax.grad(loss))(scan_params))
 
 
+def test_padding_the_sequence_changes_nothing(tiny):
+    """Positions padded after the final query are hidden by causality: the same parameters
+    give the same prediction and hidden states (seq_len 9 padded to 16)."""
+    _, params = tiny
+    padded = DiffusionPrior(dataclasses.replace(TINY, pad_to_multiple=8))
+    assert padded.config.padded_seq_len == 16
+    args = inputs()
+    out, state = jax.jit(lambda p, *a: padded.apply(p, *a, mutable=["intermediates"]))(
+        params, *args
+    )
+    ref_out, ref_hidden = run(DiffusionPrior(TINY), params, args)
+    np.testing.assert_allclose(out, ref_out, atol=1e-5)
+    np.testing.assert_allclose(state["intermediates"]["hidden"][0], ref_hidden, atol=1e-5)
+
+
+def test_cudnn_attention_pads_to_an_even_length():
+    cudnn = dict(dtype="bfloat16", attention="cudnn")
+    assert dataclasses.replace(TINY, **cudnn).padded_seq_len == 10  # 5 tokens + 4 tail
+    assert dataclasses.replace(TINY, **cudnn, pad_to_multiple=3).padded_seq_len == 12
+    assert TINY.padded_seq_len == TINY.seq_len == 9
+    with pytest.raises(ValueError, match="pad_to_multiple"):
+        dataclasses.replace(TINY, pad_to_multiple=0)
+
+
 def test_bfloat16_compute_keeps_float32_output(tiny):
     _, params = tiny
     low = DiffusionPrior(dataclasses.replace(TINY, dtype="bfloat16"))

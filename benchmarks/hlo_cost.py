@@ -129,6 +129,8 @@ def dot_flops(instr: Instr, instrs: dict[str, Instr]) -> float:
         r'"lhs_contracting_dimensions":\[([^\]]*)\]', instr.attrs
     )
     contracted = [int(d) for d in re.findall(r"\d+", m.group(1))] if m else []
+    if any(d >= len(lhs) for d in contracted):
+        return 0.0  # the operand's shape is not known here
     return 2.0 * out * math.prod(lhs[d] for d in contracted)
 
 
@@ -233,7 +235,7 @@ class _Module:
                 body = re.search(r"body=%?([\w.\-]+)", instr.attrs)
                 out += self.ops(body.group(1), count * (int(trips.group(1)) if trips else 1))
                 continue
-            if instr.opcode in ("call", "async-start") and "calls=" in instr.attrs:
+            if instr.opcode in ("call", "async-start") and _called(instr):
                 for called in _called(instr):
                     out += self.ops(called, count)
                 continue

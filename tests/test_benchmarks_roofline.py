@@ -25,7 +25,8 @@ def _by_name(ops):
 def test_gpu_custom_calls_fusions_and_loops_against_hand_counts():
     ops = _by_name(hlo_cost.module_ops(GPU_MODULE))
     assert set(ops) == {
-        "gemm.1", "conv.1", "conv.2", "conv.3", "fmha.1", "fmha.2", "y", "ar", "fusion.1"
+        "gemm.1", "conv.1", "conv.2", "conv.3", "fmha.1", "fmha.2", "y", "copy.9", "ar",
+        "fusion.1",
     }  # fmt: skip
 
     gemm = ops["gemm.1"]  # [32, 64] @ [64, 16] in bf16; the cuBLAS workspace is not traffic
@@ -46,6 +47,7 @@ def test_gpu_custom_calls_fusions_and_loops_against_hand_counts():
 
     loop_copy = ops["y"]  # the while body runs known_trip_count = 5 times
     assert (loop_copy.count, loop_copy.bytes, loop_copy.flops) == (5, 5 * 2 * 8 * 16 * 4, 0)
+    assert (ops["copy.9"].count, ops["copy.9"].bytes) == (1, 2 * 8 * 16 * 4)  # inside a call
     assert ops["ar"].category == "collective"
 
     fusion = ops["fusion.1"]  # op_name sits on the fused computation's root

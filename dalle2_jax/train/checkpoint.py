@@ -11,6 +11,7 @@ import json
 import os
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
@@ -40,7 +41,14 @@ class Checkpointer:
             enable_async_checkpointing=async_save,
             create=True,
         )
-        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+        handlers = {
+            "state": ocp.StandardCheckpointHandler(),
+            "config": ocp.JsonCheckpointHandler(),
+            "data": ocp.JsonCheckpointHandler(),
+        }  # known up front, so a fresh manager can read a checkpoint's metadata
+        self.manager = ocp.CheckpointManager(
+            self.directory, options=options, item_handlers=handlers
+        )
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -63,6 +71,7 @@ class Checkpointer:
         step = self.latest_step() if step is None else step
         if step is None:
             raise CheckpointRestoreError(f"No checkpoint found in {self.directory}.")
+        self._check_shapes(step, abstract_state)
         try:
             restored = self.manager.restore(
                 step,
@@ -80,6 +89,29 @@ class Checkpointer:
             ) from e
         return restored.state, restored.config, restored.data
 
+    def _check_shapes(self, step: int, abstract_state: Any) -> None:
+        """Raise if arrays the checkpoint and `abstract_state` share differ in shape: a clear
+        message before orbax's restore, which would fail deep inside its async reads. Skipped
+        where the checkpoint's metadata cannot be read (the restore then says why)."""
+        try:
+            tree = getattr(self.manager.item_metadata(step)["state"], "tree", None)
+        except Exception:
+            return
+        if tree is None:
+            return
+        saved, wanted = leaf_shapes(tree), leaf_shapes(abstract_state)
+        diff = [
+            f"{path}: {saved[path]} in the checkpoint, {wanted[path]} here"
+            for path in sorted(saved.keys() & wanted.keys())
+            if saved[path] != wanted[path]
+        ]
+        if diff:
+            raise CheckpointRestoreError(
+                f"Checkpoint step {step} in {self.directory} does not fit this model "
+                f"configuration: {len(diff)} arrays differ in shape, e.g. {'; '.join(diff[:3])}. "
+                "Fix the config or move the directory away to start fresh."
+            )
+
     def wait(self) -> None:
         self.manager.wait_until_finished()
 
@@ -89,3 +121,21 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
+
+
+def leaf_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    """{"params/unet/out_conv/kernel": shape} of a tree of arrays, shape structs or orbax
+    array metadata; paths join attribute names, dict keys and sequence indices with "/"."""
+
+    def name(key: Any) -> str:
+        for attr in ("name", "key", "idx"):
+            if hasattr(key, attr):
+                return str(getattr(key, attr))
+        return str(key)
+
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return {
+        "/".join(name(k) for k in path): tuple(leaf.shape)
+        for path, leaf in flat
+        if getattr(leaf, "shape", None) is not None
+    }

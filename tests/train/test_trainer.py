@@ -80,8 +80,11 @@ def test_non_finite_loss_stops_with_step_and_last_checkpoint(tmp_path):
 def test_failed_restore_raises(tmp_path):
     train_and_evaluate(tiny_config(), tmp_path)
     wider = tiny_config(**{"model.width": 48})
-    with pytest.raises(CheckpointRestoreError, match="step 6"):
+    with pytest.raises(CheckpointRestoreError, match="step 6") as failed:
         train_and_evaluate(wider, tmp_path)
+    # Checked against the checkpoint's metadata before orbax reads any array.
+    assert "arrays differ in shape" in str(failed.value)
+    assert "(32,) in the checkpoint, (48,) here" in str(failed.value)
     with pytest.raises(CheckpointRestoreError, match="No checkpoint"):
         restore_train_state(tiny_config(), tmp_path / "empty")
 
@@ -91,3 +94,18 @@ def test_relative_workdir_checkpoints(tmp_path, monkeypatch):
     train_and_evaluate(tiny_config(**{"num_steps": 3}), "runs/rel")
     assert (tmp_path / "runs" / "rel" / "toy" / "checkpoints" / "3").is_dir()
     assert int(restore_train_state(tiny_config(), "runs/rel").step) == 3
+
+
+def test_checkpoint_metadata_paths_match_the_state(tmp_path):
+    """The shape check compares like with like: every array of the train state has the same
+    path and shape in a fresh manager's view of the checkpoint's metadata."""
+    import jax
+
+    from dalle2_jax.train.checkpoint import Checkpointer, leaf_shapes
+
+    train_and_evaluate(tiny_config(**{"num_steps": 2}), tmp_path)
+    state = restore_train_state(tiny_config(), tmp_path)
+    directory = next(tmp_path.glob("**/checkpoints"))
+    meta = Checkpointer(directory).manager.item_metadata(2)["state"].tree
+    assert leaf_shapes(meta) == leaf_shapes(jax.eval_shape(lambda: state))
+    assert any(path.startswith("params/") for path in leaf_shapes(meta))

@@ -4,16 +4,19 @@ gradients; and the config checks that keep "cudnn" to bf16 / fp16 on a GPU."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from dalle2_jax.models.attention import check_implementation, cudnn_attention, pad_to_even
-from dalle2_jax.models.clip import CLIPConfig
+from dalle2_jax.models.clip import CLIP, CLIP_PRESETS, CLIPConfig
+from dalle2_jax.models.clip import dummy_inputs as clip_dummy_inputs
 from dalle2_jax.models.layers import causal_mask, dot_product_attention
 from dalle2_jax.models.prior import DiffusionPrior, PriorConfig, dummy_inputs
-from dalle2_jax.models.unet import UNetConfig
+from dalle2_jax.models.unet import UNet, UNetConfig
 
 
 def _qkv(t: int, s: int, seed: int = 0):
@@ -102,15 +105,39 @@ def test_model_configs_check_their_attention():
     assert CLIPConfig(attention="cudnn", dtype="bfloat16").attention == "cudnn"
 
 
-def test_cudnn_needs_a_gpu_and_says_what_to_use_instead():
-    if jax.default_backend() == "gpu":
-        pytest.skip("this backend has cuDNN")
+def _init_prior(attention: str) -> None:
     cfg = PriorConfig(
         clip_dim=16, text_len=3, text_width=8, width=16, depth=1, heads=2,
-        dtype="bfloat16", attention="cudnn",
+        dtype="bfloat16", attention=attention,
     )  # fmt: skip
+    jax.eval_shape(lambda: DiffusionPrior(cfg).init(jax.random.key(0), *dummy_inputs(cfg)))
+
+
+def _init_decoder_unet(attention: str) -> None:
+    """A U-Net attending at 8 px to its own positions and to caption tokens (as the decoder)."""
+    cfg = UNetConfig(
+        image_size=8, model_channels=32, channel_mult=(1,), num_res_blocks=1,
+        attention_resolutions=(8,), num_head_channels=16, clip_embed_dim=16, text_embed_dim=8,
+        context_dim=32, text_encoder_layers=1, dtype="bfloat16", attention=attention,
+    )  # fmt: skip
+    x, t = jnp.zeros((2, 8, 8, 3)), jnp.zeros((2,), jnp.int32)
+    text = dict(clip_embed=jnp.zeros((2, 16)), text_tokens=jnp.zeros((2, 5, 8)),
+                text_mask=jnp.ones((2, 5), bool))  # fmt: skip
+    jax.eval_shape(lambda: UNet(cfg).init(jax.random.key(0), x, t, **text))
+
+
+def _init_clip(attention: str) -> None:
+    cfg = dataclasses.replace(CLIP_PRESETS["tiny"], dtype="bfloat16", attention=attention)
+    jax.eval_shape(lambda: CLIP(cfg).init(jax.random.key(0), *clip_dummy_inputs(cfg, 2)))
+
+
+@pytest.mark.parametrize("init", [_init_prior, _init_decoder_unet, _init_clip])
+def test_cudnn_needs_a_gpu_and_says_what_to_use_instead(init):
+    if jax.default_backend() == "gpu":
+        pytest.skip("this backend has cuDNN")
+    init("xla")  # the same model traces with XLA's attention
     with pytest.raises(RuntimeError, match="attention='xla'"):
-        DiffusionPrior(cfg).init(jax.random.key(0), *dummy_inputs(cfg))
+        init("cudnn")
 
 
 def test_cudnn_takes_one_mask_for_all_heads():

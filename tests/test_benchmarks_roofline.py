@@ -132,3 +132,16 @@ def test_abstract_train_step_lowers_and_its_matmuls_are_most_of_the_model_flops(
     text = jax.jit(step, donate_argnums=(0,)).lower(*args).compile().as_text()
     counted = sum(op.flops for op in hlo_cost.module_ops(text))
     assert 0.8 * ours.model_flops(step, *args) <= counted <= ours.model_flops(step, *args)
+
+
+def test_cudnn_checks_answer_for_the_target_only_inside_the_context():
+    from jax._src.cudnn import fused_attention_stablehlo as fa
+
+    before = fa.check_compute_capability
+    with roofline.cudnn_checks_for("a100"):
+        assert fa.check_cudnn_version() == roofline.CUDNN_VERSION
+        assert fa.check_compute_capability("8.0") and not fa.check_compute_capability("9.0")
+        assert fa.is_cuda_compute_capability_equal("8.0")
+    with roofline.cudnn_checks_for("h200"):
+        assert fa.check_compute_capability("9.0")
+    assert fa.check_compute_capability is before

@@ -149,51 +149,21 @@ SIZES: dict[str, dict[str, Spec]] = {
             "sample_steps": 16,
         },
     },
-    # "large" with the 1B paper prior's transformer (configs/prior_paper.py: width 2048, 32
-    # heads, 20 blocks) over a 2048-dim CLIP space, since DALLE2-pytorch ties the prior's width
-    # to the CLIP dim. At 768 wide, memory-bound work is over half of even an ideal prior step
-    # (roofline.py); this size shows the MFU of the prior at the width the paper trains.
-    "xl": {
-        "prior": {
-            "batch": 128,
-            "dim": 2048,
-            "depth": 20,
-            "heads": 32,
-            "text_len": 77,
-            "timesteps": 1000,
-            "sample_batch": 16,
-            "sample_steps": 64,
-            "best_of": 2,
-        },
-        "decoder": {
-            "batch": 64,
-            "image_size": 64,
-            "channels": 192,
-            "channel_mult": [1, 2, 3, 4],
-            "num_res_blocks": 2,
-            "attention_resolutions": [16, 8],
-            "head_channels": 64,
-            "clip_dim": 2048,
-            "text_len": 77,
-            "text_dim": 2048,
-            "context_dim": 512,
-            "timesteps": 1000,
-            "sample_batch": 16,
-            "sample_steps": 50,
-        },
-        "upsampler": {
-            "batch": 16,
-            "image_size": 256,
-            "factor": 4,
-            "channels": 128,
-            "channel_mult": [1, 2, 3, 4],
-            "num_res_blocks": 2,
-            "timesteps": 1000,
-            "sample_batch": 16,
-            "sample_steps": 16,
-        },
-    },
 }
+
+
+def _xl() -> dict[str, Spec]:
+    """ "large" with the 1B paper prior's transformer (configs/prior_paper.py: width 2048, 32
+    heads, 20 blocks, batch 128) over a 2048-dim CLIP space, since DALLE2-pytorch ties the
+    prior's width to the CLIP dim. At 768 wide, memory-bound work is over half of even an
+    ideal prior step (roofline.py); this size shows the MFU at the width the paper trains."""
+    size = copy.deepcopy(SIZES["large"])
+    size["prior"].update(batch=128, dim=2048, depth=20, heads=32)
+    size["decoder"].update(clip_dim=2048, text_dim=2048)
+    return size
+
+
+SIZES["xl"] = _xl()
 
 
 def get_size(name: str) -> dict[str, Spec]:

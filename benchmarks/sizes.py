@@ -153,10 +153,10 @@ SIZES: dict[str, dict[str, Spec]] = {
 
 
 def _xl() -> dict[str, Spec]:
-    """ "large" with the 1B paper prior's transformer (configs/prior_paper.py: width 2048, 32
-    heads, 20 blocks, batch 128) over a 2048-dim CLIP space, since DALLE2-pytorch ties the
-    prior's width to the CLIP dim. At 768 wide, memory-bound work is over half of even an
-    ideal prior step (roofline.py); this size shows the MFU at the width the paper trains."""
+    """The "large" size with the 1B paper prior's transformer (configs/prior_paper.py: width
+    2048, 32 heads, 20 blocks; batch 128) over a 2048-dim CLIP space, since DALLE2-pytorch
+    ties the prior's width to the CLIP dim. At 768 wide, memory-bound work is over half of
+    even an ideal prior step (roofline.py); this size shows the MFU at the paper's width."""
     size = copy.deepcopy(SIZES["large"])
     size["prior"].update(batch=128, dim=2048, depth=20, heads=32)
     size["decoder"].update(clip_dim=2048, text_dim=2048)

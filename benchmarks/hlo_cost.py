@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 import math
 import re
 from typing import Any
@@ -144,7 +143,7 @@ def conv_flops(instr: Instr, instrs: dict[str, Instr]) -> float:
     groups = re.search(r"feature_group_count=(\d+)", instr.attrs)
     if not labels:
         return 0.0
-    target = instr.attrs
+    target = _target(instr)
     if "convBackwardInput" in target:
         y, x = _dims(instrs, instr.operands[0]), _first_result(instr)[1]
     elif "convBackwardFilter" in target:
@@ -185,7 +184,6 @@ def _source(instr: Instr) -> str:
 class _Module:
     def __init__(self, text: str):
         self.computations, self.entry = parse_module(text)
-        self._flops: dict[str, float] = {}
 
     def computation_flops(self, name: str) -> tuple[float, set[str]]:
         """FLOPs of the dots / convolutions inside a (fused) computation, and their kinds."""
@@ -350,7 +348,3 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"{row['op']}  {row['source'][-80:]}"
         )
     return "\n".join(lines)
-
-
-def dumps(summary: dict[str, Any]) -> str:
-    return json.dumps(summary, indent=2)

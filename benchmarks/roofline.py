@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import sys
 from collections.abc import Iterator
@@ -171,7 +172,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     print(hlo_cost.format_summary(summary))
     if args.out:
-        args.out.write_text(hlo_cost.dumps(summary))
+        args.out.write_text(json.dumps(summary, indent=2))
     return summary
 
 

@@ -15,8 +15,6 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
-ITEMS = ("state", "config", "data")
-
 
 class CheckpointRestoreError(RuntimeError):
     """A checkpoint exists (or was asked for) but could not be restored."""

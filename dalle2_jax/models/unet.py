@@ -252,7 +252,7 @@ class UNet(nn.Module):
 
         # Encoder: every block's output is kept for the decoder's skip connections.
         ch = cfg.model_channels * cfg.channel_mult[0]
-        h = conv(ch, 3, dtype=dtype, axes=(None, None, None, "conv_out"), name="input_conv")(
+        h = conv(ch, 3, dtype=dtype, axes=("conv_out", None, None, None), name="input_conv")(
             h.astype(dtype)
         )
         hs = [constrain_feature_map(h)]
@@ -301,7 +301,7 @@ class UNet(nn.Module):
             3,
             dtype=jnp.float32,
             zero_init=True,
-            axes=(None, None, "conv_in", None),
+            axes=(None, None, None, "conv_in"),
             name="out_conv",
         )(h)
         return out

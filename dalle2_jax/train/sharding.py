@@ -13,7 +13,7 @@ Vocabulary:
   heads     flattened attention heads (heads * head_dim) of q/k/v/out projections
   kv        per-head dimension, when kept separate
   vocab     vocabulary / token-embedding table rows
-  conv_in   input channels of a convolution kernel (kernel shape [..., conv_in, conv_out])
+  conv_in   input channels of a convolution kernel (U-Net kernels are [conv_out, kh, kw, conv_in])
   conv_out  output channels of a convolution kernel, and channel dim of U-Net activations
   norm      scales and biases of normalisation layers (always replicated: tiny)
 """

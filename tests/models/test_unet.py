@@ -11,9 +11,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import torch
 
 from dalle2_jax.models.embeddings import timestep_embedding
 from dalle2_jax.models.unet import UNet, UNetConfig, get_preset
+from dalle2_jax.models.unet_blocks import Conv
 from dalle2_jax.train.sharding import DEFAULT_RULES
 
 BATCH, SIZE, TEXT_LEN = 2, 16, 6
@@ -60,8 +62,9 @@ def _random_params(cfg: UNetConfig, kw: dict, seed: int = 2) -> dict:
     def draw(path, leaf):
         noise = rng.standard_normal(leaf.shape).astype(np.float32)
         kind = path[-1].key
-        if kind == "kernel":
-            return jnp.asarray(noise / np.sqrt(math.prod(leaf.shape[:-1])))
+        if kind == "kernel":  # fan-in: dense [in, out], conv [out, kh, kw, in]
+            fan_in = math.prod(leaf.shape[1:] if leaf.ndim == 4 else leaf.shape[:-1])
+            return jnp.asarray(noise / np.sqrt(fan_in))
         return jnp.asarray((1.0 if kind == "scale" else 0.0) + 0.1 * noise)
 
     abstract = nn.unbox(_abstract_variables(cfg, kw))["params"]
@@ -95,6 +98,28 @@ def test_timestep_embedding_matches_adm_formula():
             assert emb[row, i] == pytest.approx(math.cos(step * freq), abs=1e-4)
             assert emb[row, 3 + i] == pytest.approx(math.sin(step * freq), abs=1e-4)
     np.testing.assert_array_equal(emb[:, 6], 0.0)  # odd dim: zero pad channel
+
+
+@pytest.mark.parametrize(("kernel_size", "strides", "size"), [(3, 1, 7), (3, 2, 9), (1, 1, 5)])
+def test_conv_matches_torch_conv2d(kernel_size, strides, size):
+    """The OHWI kernel is torch's OIHW weight permuted; padding k // 2 as ADM's conv_nd;
+    LeCun-normal init over fan-in = kh * kw * in."""
+    conv = Conv(16, kernel_size, strides)
+    x = jax.random.normal(jax.random.key(0), (2, size, size, 12))
+    params = nn.unbox(conv.init(jax.random.key(1), x))["params"]
+    kernel = params["kernel"]
+    assert kernel.shape == (16, kernel_size, kernel_size, 12)
+    np.testing.assert_allclose(np.std(kernel), (kernel_size**2 * 12) ** -0.5, rtol=0.15)
+    bias = jax.random.normal(jax.random.key(2), (16,))
+    y = conv.apply({"params": {"kernel": kernel, "bias": bias}}, x)
+    ref = torch.nn.functional.conv2d(
+        torch.from_numpy(np.array(x)).permute(0, 3, 1, 2),
+        torch.from_numpy(np.array(kernel)).permute(0, 3, 1, 2),
+        torch.from_numpy(np.array(bias)),
+        stride=strides,
+        padding=kernel_size // 2,
+    ).permute(0, 2, 3, 1)
+    np.testing.assert_allclose(np.asarray(y), ref.numpy(), rtol=1e-5, atol=1e-5)
 
 
 def test_decoder_output_is_zero_at_init_and_zero_init_layers_match_adm(decoder):
@@ -356,7 +381,7 @@ def test_born_sharded_init_and_forward_under_the_rules():
         variables = init(jax.random.key(0, impl="rbg"))
         out = jax.jit(lambda v: model.apply(v, x, t, **kw))(variables)
     kernel = variables["params"]["input_blocks_0_0_res"]["in_conv"]["kernel"]
-    assert kernel.value.sharding.spec == jax.sharding.PartitionSpec(None, None, None, "fsdp")
+    assert kernel.value.sharding.spec == jax.sharding.PartitionSpec("fsdp", None, None, None)
     assert out.shape == (8, SIZE, SIZE, 6)
 
 

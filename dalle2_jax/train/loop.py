@@ -16,6 +16,7 @@ from pathlib import Path
 import flax.linen as nn
 import jax
 import ml_collections
+import optax
 from tqdm.auto import tqdm
 
 from dalle2_jax import stages
@@ -203,6 +204,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     log.info("Compiled train step in %.1fs.", time.perf_counter() - t0)
 
     # 5. The loop.
+    param_norm = jax.jit(optax.tree.norm)  # logged, not computed every step
     writer = MetricsWriter(workdir)
     last_saved = checkpointer.latest_step()
     step = start_step
@@ -221,27 +223,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         checkpointer.save(at_step, state, config.to_dict(), loader.state())
         last_saved = at_step
 
+    def check_finite(at_step: int, step_metrics: dict) -> None:
+        loss, grad_norm = float(step_metrics["loss"]), float(step_metrics["grad_norm"])
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            checkpointer.wait()
+            raise NonFiniteLossError(
+                f"{config.stage}: loss={loss}, grad_norm={grad_norm} at step {at_step}. "
+                f"Last good checkpoint: "
+                f"{'none' if last_saved is None else f'step {last_saved}'} in "
+                f"{checkpointer.directory}. Lower the learning rate or check the data, then "
+                "rerun to resume from it."
+            )
+
+    # The host reads a step's loss only after queueing the next step, so the accelerator never
+    # waits for Python between steps; a step that is logged or saved is checked at once.
+    unchecked: tuple[int, dict] | None = None
     with _SigtermFlag() as sigterm:
         while step < config.num_steps:
             batch = global_batch(next(loader), mesh)
             state, metrics = compiled(state, batch, step_key)
             step += 1
             window_steps += 1
-            loss, grad_norm = float(metrics["loss"]), float(metrics["grad_norm"])
-            if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-                checkpointer.wait()
-                raise NonFiniteLossError(
-                    f"{config.stage}: loss={loss}, grad_norm={grad_norm} at step {step}. "
-                    f"Last good checkpoint: "
-                    f"{'none' if last_saved is None else f'step {last_saved}'} in "
-                    f"{checkpointer.directory}. Lower the learning rate or check the data, then "
-                    "rerun to resume from it."
-                )
+            if unchecked is not None:
+                check_finite(*unchecked)
+            unchecked = (step, metrics)
             progress.update(1)
             if step % config.log_every == 0 or step == config.num_steps:
+                check_finite(step, metrics)
                 dt = time.perf_counter() - window_start
                 rate = window_steps / dt
                 scalars = {k: float(v) for k, v in metrics.items()}
+                scalars["param_norm"] = float(param_norm(state.params))
                 scalars["steps_per_sec"] = rate
                 scalars["examples_per_sec"] = rate * config.batch_size
                 scalars["tflops_per_sec"] = rate * flops_per_step / 1e12
@@ -249,11 +261,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                 stats = train_source.stats() if hasattr(train_source, "stats") else {}
                 scalars.update({f"data/{k}": v for k, v in stats.items()})
                 writer.write_scalars(step, scalars)
-                progress.set_postfix(loss=f"{loss:.4f}", ex_s=f"{rate * config.batch_size:.0f}")
+                progress.set_postfix(
+                    loss=f"{scalars['loss']:.4f}", ex_s=f"{rate * config.batch_size:.0f}"
+                )
                 window_start, window_steps = time.perf_counter(), 0
             if config.get("eval_every") and (
                 step % config.eval_every == 0 or step == config.num_steps
             ):
+                check_finite(step, metrics)
                 with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
                     ev = stage.evaluate(state.ema_params, jax.random.fold_in(eval_key, step))
                 if ev:
@@ -262,6 +277,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                 jax.process_count() > 1 and checkpointer.reached_preemption(step)
             )
             if step % ckpt_cfg.every_steps == 0 or step == config.num_steps or preempted:
+                check_finite(step, metrics)
                 save(step)
             if preempted:
                 log.warning("Preemption requested: saved step %d and stopping.", step)

@@ -81,7 +81,6 @@ def make_train_step(
         metrics = {
             "loss": loss,
             "grad_norm": optax.tree.norm(grads),
-            "param_norm": optax.tree.norm(params),
             "learning_rate": schedule(state.step),
             **aux,
         }

@@ -16,11 +16,14 @@ def losses(workdir) -> list[float]:
 
 
 def test_metrics_and_layout(tmp_path):
-    train_and_evaluate(tiny_config(), tmp_path)
+    state = train_and_evaluate(tiny_config(), tmp_path)
     rows = read_metrics(tmp_path / "toy")
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
-    for key in ("loss", "learning_rate", "grad_norm", "examples_per_sec", "tflops_per_sec"):
+    for key in ("loss", "learning_rate", "grad_norm", "param_norm", "examples_per_sec"):
         assert all(key in r for r in rows), key
+    # param_norm is taken when logging, from the state after that step.
+    norm = np.sqrt(sum(np.sum(np.square(np.asarray(x, np.float64))) for x in leaves(state.params)))
+    np.testing.assert_allclose(rows[-1]["param_norm"], norm, rtol=1e-5)
     assert rows[-1]["tflops_per_sec"] > 0
     assert (tmp_path / "toy" / "config.json").exists()
     assert list((tmp_path / "toy" / "tensorboard").iterdir())
@@ -68,10 +71,17 @@ def test_resume_continues_with_one_device(tmp_path):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
-def test_non_finite_loss_stops_with_step_and_last_checkpoint(tmp_path):
-    # Examples from index 32 on are NaN: unshuffled, batch 16, the third step is the first bad.
+@pytest.mark.parametrize("log_every", [1, 100])
+def test_non_finite_loss_stops_with_step_and_last_checkpoint(tmp_path, log_every):
+    """Examples from index 32 on are NaN: unshuffled, batch 16, the third step is the first bad.
+    Logged, it is caught at once; unlogged and unsaved, while the fourth step runs."""
     config = tiny_config(
-        **{"data.shuffle": False, "data.poison_from": 32, "checkpoint.every_steps": 2}
+        **{
+            "data.shuffle": False,
+            "data.poison_from": 32,
+            "checkpoint.every_steps": 2,
+            "log_every": log_every,
+        }
     )
     with pytest.raises(NonFiniteLossError, match=r"at step 3\. Last good checkpoint: step 2"):
         train_and_evaluate(config, tmp_path)

@@ -153,6 +153,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--size", default="tiny", help="a size of benchmarks/sizes.py")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None)
     parser.add_argument("--attention", choices=("xla", "cudnn"), default="xla")
+    parser.add_argument(
+        "--prior-residual-dtype", choices=("float32", "bfloat16"), default="float32"
+    )
     parser.add_argument("--warmup", type=int, default=2, help="untraced steps first")
     parser.add_argument("--steps", type=int, default=5, help="traced steps")
     parser.add_argument("--top", type=int, default=25)
@@ -171,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks import sizes as size_specs
 
     dtype = args.dtype or ("float32" if jax.default_backend() == "cpu" else "bfloat16")
-    spec = size_specs.get_size(args.size)[args.model]
+    spec = size_specs.get_size(args.size, args.prior_residual_dtype)[args.model]
     runner = ours.TrainRunner(args.model, spec, dtype, args.attention)
     info = runner.setup()
     runner.run(args.warmup)
@@ -188,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             "size": args.size,
             "dtype": dtype,
             "attention": args.attention,
+            "prior_residual_dtype": args.prior_residual_dtype,
             **ours.device_info(),
             **info,
         }

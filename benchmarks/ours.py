@@ -99,6 +99,7 @@ def prior_config(spec: Spec, dtype: str, attention: str = "xla") -> ml_collectio
             "scan_layers": False,
             "remat": False,
             "attention": attention,
+            "residual_dtype": spec.get("residual_dtype", "float32"),
         }
     )
     config.embed_norm.update({"kind": "fixed", "scale": d**0.5})

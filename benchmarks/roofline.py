@@ -1,7 +1,8 @@
 """Roofline of a training step on a GPU, without the GPU: compile for the target, then count.
 
   python benchmarks/roofline.py --model prior --size large --gpu h200 [--dtype bfloat16] \
-      [--attention xla|cudnn] [--out roofline.json] [--hlo-out step.hlo]
+      [--attention xla|cudnn] [--prior-residual-dtype float32|bfloat16] [--out roofline.json] \
+      [--hlo-out step.hlo]
   python benchmarks/roofline.py --hlo module.after_optimizations.txt --gpu h200
 
 Lowers the same train step as run.py (`ours.train_step_of`) for an NVIDIA GPU described by a
@@ -99,7 +100,14 @@ def cudnn_checks_for(gpu: str) -> Iterator[None]:
             setattr(fa, name, fn)
 
 
-def compile_for_gpu(model: str, size: str, dtype: str, gpu: str, attention: str = "xla") -> str:
+def compile_for_gpu(
+    model: str,
+    size: str,
+    dtype: str,
+    gpu: str,
+    attention: str = "xla",
+    prior_residual_dtype: str = "float32",
+) -> str:
     """The optimized HLO text of `model`'s train step compiled for `gpu` without a device."""
     import jax
     from jax.experimental import topologies
@@ -116,7 +124,7 @@ def compile_for_gpu(model: str, size: str, dtype: str, gpu: str, attention: str 
             f"Cannot compile for a CUDA target here ({e}). Install the CUDA plugin of this "
             f"jax: pip install jax-cuda13-plugin=={jax.__version__}"
         ) from e
-    spec = size_specs.get_size(size)[model]
+    spec = size_specs.get_size(size, prior_residual_dtype)[model]
     stage, tx, step = ours.train_step_of(model, spec, dtype, attention)
     sharding = jax.sharding.SingleDeviceSharding(topology.devices[0])
     with cudnn_checks_for(gpu) if attention == "cudnn" else contextlib.nullcontext():
@@ -132,6 +140,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="bfloat16")
     parser.add_argument("--gpu", choices=sorted(GPUS), default="h200")
     parser.add_argument("--attention", choices=("xla", "cudnn"), default="xla")
+    parser.add_argument(
+        "--prior-residual-dtype", choices=("float32", "bfloat16"), default="float32"
+    )
     parser.add_argument("--hlo", type=Path, help="read this optimized HLO text instead")
     parser.add_argument("--peak-tflops", type=float, help="override the table's bf16 peak")
     parser.add_argument("--top", type=int, default=20)
@@ -154,7 +165,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         flags = os.environ.get("XLA_FLAGS", "")
         if "xla_gpu_enable_triton_gemm" not in flags:
             os.environ["XLA_FLAGS"] = f"{flags} --xla_gpu_enable_triton_gemm=false".strip()
-        text = compile_for_gpu(args.model, args.size, args.dtype, args.gpu, args.attention)
+        text = compile_for_gpu(
+            args.model, args.size, args.dtype, args.gpu, args.attention, args.prior_residual_dtype
+        )
         if args.hlo_out:
             args.hlo_out.write_text(text)
     gpu = GPUS[args.gpu]
@@ -168,6 +181,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "size": args.size,
             "dtype": args.dtype,
             "attention": args.attention,
+            "prior_residual_dtype": args.prior_residual_dtype,
         }
     )
     print(hlo_cost.format_summary(summary))

@@ -264,6 +264,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="our attention kernel (cudnn: NVIDIA GPUs, bfloat16)",
     )
     parser.add_argument(
+        "--prior-residual-dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="our prior's residual stream (PriorConfig.residual_dtype)",
+    )
+    parser.add_argument(
         "--sizes", default=None, help="comma-separated tiny,medium,large (default tiny,medium)"
     )
     parser.add_argument(
@@ -318,6 +324,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         **device,
         "dtype": dtype,
         "attention": args.attention,
+        "prior_residual_dtype": args.prior_residual_dtype,
         "cpus": len(os.sched_getaffinity(0)),
         "quick": args.quick,
         "peer": None if peer_python is None else _peer_versions(peer_python),
@@ -327,7 +334,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     rows = []
     for size_name in size_names:
-        size = size_specs.get_size(size_name)
+        size = size_specs.get_size(size_name, args.prior_residual_dtype)
         cache: dict = {}  # sampling stages and params, shared by the sample rows and e2e
         jobs = [(m, "train") for m in models] + [(m, "sample") for m in models]
         if set(models) == set(size_specs.MODELS):
@@ -357,7 +364,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print()
     print(
         f"{device['device_kind']} ({device['platform']}, {meta['cpus']} cpus), {dtype}, "
-        f"{args.attention} attention; "
+        f"{args.attention} attention, {args.prior_residual_dtype} prior residual; "
         f"measured peak {peak_start['flops_per_s'] / 1e12:.3f} TFLOP/s "
         f"({peak_end['flops_per_s'] / 1e12:.3f} at the end); "
         "speedup = peer time / our time"

@@ -166,11 +166,13 @@ def _xl() -> dict[str, Spec]:
 SIZES["xl"] = _xl()
 
 
-def get_size(name: str) -> dict[str, Spec]:
-    """A deep copy of the named size, after checking that its models chain."""
+def get_size(name: str, prior_residual_dtype: str = "float32") -> dict[str, Spec]:
+    """A deep copy of the named size, after checking that its models chain; the prior's
+    residual stream in `prior_residual_dtype` (PriorConfig.residual_dtype; ours only)."""
     if name not in SIZES:
         raise ValueError(f"Unknown size {name!r}; choose from {sorted(SIZES)}.")
     size = copy.deepcopy(SIZES[name])
+    size["prior"]["residual_dtype"] = prior_residual_dtype
     prior, decoder, up = size["prior"], size["decoder"], size["upsampler"]
     if not prior["dim"] == decoder["clip_dim"] == decoder["text_dim"]:
         raise ValueError(f"{name}: prior dim, decoder clip_dim and text_dim must be equal.")

@@ -6,6 +6,7 @@ import pytest
 
 from benchmarks import ours, sizes
 from configs import prior_paper
+from dalle2_jax.stages.prior import prior_config_from
 
 
 @pytest.mark.parametrize("name", sorted(sizes.SIZES))
@@ -24,3 +25,10 @@ def test_xl_prior_is_the_paper_priors_transformer():
 def test_unknown_size_raises():
     with pytest.raises(ValueError, match="Unknown size"):
         sizes.get_size("huge")
+
+
+@pytest.mark.parametrize("residual", ["float32", "bfloat16"])
+def test_prior_residual_dtype_reaches_the_prior(residual):
+    spec = sizes.get_size("tiny", prior_residual_dtype=residual)["prior"]
+    model = prior_config_from(ours.prior_config(spec, "bfloat16").model)
+    assert model.residual_dtype == residual

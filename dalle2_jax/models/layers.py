@@ -191,7 +191,7 @@ class MLP(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    """Pre-LayerNorm residual block: x + attn(ln1(x)), then x + mlp(ln2(x))."""
+    """Pre-LayerNorm residual block: x + attn(ln1(x)), then x + mlp(ln2(x)), in x's dtype."""
 
     num_heads: int
     mlp_dim: int
@@ -209,9 +209,11 @@ class TransformerBlock(nn.Module):
         attn = MultiHeadAttention(
             self.num_heads, dtype=self.dtype, attention=self.attention, name="self_attn", **inits
         )
-        x = x + attn(h, mask=mask)
+        x = x + attn(h, mask=mask).astype(x.dtype)  # the stream keeps its dtype
         h = layer_norm(self.layer_norm_eps, name="layer_norm2")(x).astype(self.dtype)
-        x = x + MLP(self.mlp_dim, self.act, dtype=self.dtype, name="mlp", **inits)(h)
+        x = x + MLP(self.mlp_dim, self.act, dtype=self.dtype, name="mlp", **inits)(h).astype(
+            x.dtype
+        )
         return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
 

@@ -61,6 +61,11 @@ class PriorConfig:
         multiple of this (causal attention hides them from every real position, so outputs
         are unchanged). "cudnn" pads to at least even, which its kernel needs with a mask,
         once here rather than around every attention call.
+    residual_dtype: dtype of the residual stream between blocks. "float32" (the default, as
+        PyTorch autocast keeps it) or "bfloat16" (as MaxText does): half the bytes of the
+        memory-bound work around the matmuls (LayerNorms, residual adds; -8.6 % of the large
+        prior's step in the H200 roofline) for bf16 rounding of each block's sum. LayerNorm
+        statistics stay float32 either way.
     """
 
     clip_dim: int = 768
@@ -79,6 +84,7 @@ class PriorConfig:
     remat: bool = False
     attention: str = "xla"
     pad_to_multiple: int = 1
+    residual_dtype: str = "float32"
 
     def __post_init__(self):
         if self.width % self.heads:
@@ -92,6 +98,10 @@ class PriorConfig:
         check_attention(self.attention, self.dtype)
         if self.pad_to_multiple < 1:
             raise ValueError(f"pad_to_multiple must be >= 1, got {self.pad_to_multiple}.")
+        if self.residual_dtype not in ("float32", "bfloat16"):
+            raise ValueError(
+                f"residual_dtype must be 'float32' or 'bfloat16', got {self.residual_dtype!r}."
+            )
 
     @property
     def hidden_dim(self) -> int:
@@ -248,6 +258,7 @@ class DiffusionPrior(nn.Module):
         pad = cfg.padded_seq_len - cfg.seq_len
         x = nn.with_logical_constraint(jnp.pad(x, ((0, 0), (0, pad), (0, 0))), ACTIVATION_AXES)
 
+        x = x.astype(cfg.residual_dtype)  # blocks keep the stream in the dtype they are given
         x = self._blocks()(x, prior_attention_mask(mask, NUM_TAIL_TOKENS + pad))
         hidden = layer_norm(cfg.layer_norm_eps, name="final_layer_norm")(x[:, : cfg.seq_len])
         hidden = nn.with_logical_constraint(hidden, ACTIVATION_AXES)

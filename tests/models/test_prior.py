@@ -247,15 +247,26 @@ def test_cudnn_attention_pads_to_an_even_length():
         dataclasses.replace(TINY, pad_to_multiple=0)
 
 
-def test_bfloat16_compute_keeps_float32_output(tiny):
+@pytest.mark.parametrize("residual", ["float32", "bfloat16"])
+def test_bfloat16_compute_keeps_float32_output(tiny, residual):
     _, params = tiny
-    low = DiffusionPrior(dataclasses.replace(TINY, dtype="bfloat16"))
+    low = DiffusionPrior(dataclasses.replace(TINY, dtype="bfloat16", residual_dtype=residual))
     args = inputs()
-    out = np.asarray(jax.jit(low.apply)(params, *args))
+    apply = lambda p, *a: low.apply(p, *a, capture_intermediates=True, mutable=["intermediates"])
+    out, state = jax.jit(apply)(params, *args)
+    stream = state["intermediates"]["transformer"]["__call__"][0]  # the blocks' output
+    assert stream.dtype == jnp.dtype(residual)
+    out = np.asarray(out)
     ref = run(DiffusionPrior(TINY), params, args)[0]
     assert out.dtype == np.float32
     cos = np.sum(out * ref, -1) / np.linalg.norm(out, axis=-1) / np.linalg.norm(ref, axis=-1)
     assert (cos > 0.99).all(), cos
+    # Under nn.scan the stream is the carry: float32 compute must not promote it.
+    scanned = DiffusionPrior(dataclasses.replace(TINY, scan_layers=True, residual_dtype=residual))
+    shapes = jax.eval_shape(lambda: scanned.init(jax.random.key(0), *dummy_inputs(TINY)))
+    assert jax.eval_shape(scanned.apply, shapes, *args).dtype == jnp.float32
+    with pytest.raises(ValueError, match="residual_dtype"):
+        dataclasses.replace(TINY, residual_dtype="float16")
 
 
 def test_wrong_inputs_raise(tiny):

@@ -5,7 +5,9 @@ or a `*.after_optimizations.txt` dump) and lists the ops its entry computation r
 while-loop bodies counted `known_trip_count` times and called computations inlined. For each
 op:
   - bytes: every operand read once plus every result written once (the op's HBM traffic when
-    nothing stays in cache; cuBLAS / cuDNN workspace and scratch results are left out);
+    nothing stays in cache; cuBLAS / cuDNN workspace and scratch results are left out), where
+    an operand reached only through slices counts the slices, and a dynamic-update-slice
+    (a scan stacking its outputs) counts its update, the buffer being updated in place;
   - flops: 2 * multiply-adds of the dots and convolutions it contains (cuBLAS GEMM and cuDNN
     convolution custom calls included; convolution taps on padding count, as implicit-GEMM
     kernels compute them; elementwise work is not counted);
@@ -52,6 +54,7 @@ class Instr:
     operands: tuple[str, ...]
     attrs: str
     root: bool
+    index: int | None = None  # a parameter's number
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,7 +108,8 @@ def parse_module(text: str) -> tuple[dict[str, dict[str, Instr]], str]:
         if m:
             root, name, type_text, opcode, rest = m.groups()
             operands, attrs = _split_operands(rest)
-            current[name] = Instr(name, type_text, opcode, operands, attrs, bool(root))
+            index = int(rest.split(")", 1)[0]) if opcode == "parameter" else None
+            current[name] = Instr(name, type_text, opcode, operands, attrs, bool(root), index)
     if entry is None:
         raise ValueError("No ENTRY computation in the HLO text: pass an optimized HLO module.")
     return computations, entry
@@ -181,6 +185,43 @@ def _source(instr: Instr) -> str:
     return m.group(1) if m else ""
 
 
+_SLICES = ("slice", "dynamic-slice")
+
+
+def _operand_bytes(instr: Instr, instrs: dict[str, Instr]) -> float:
+    return sum(nbytes(instrs[o].type) for o in instr.operands if o in instrs)
+
+
+def _sliced_read(name: str, users: dict[str, list[Instr]]) -> float | None:
+    """Bytes a fused computation reads of value `name` when it reaches it only through
+    (dynamic) slices or as the buffer a dynamic-update-slice updates in place; else None."""
+    if not users.get(name):
+        return None
+    total = 0.0
+    for user in users[name]:
+        if user.opcode == "bitcast":
+            inner = _sliced_read(user.name, users)
+            if inner is None:
+                return None
+            total += inner
+        elif user.opcode in _SLICES and user.operands[0] == name:
+            total += nbytes(user.type)
+        elif user.opcode == "dynamic-update-slice" and user.operands[0] == name:
+            continue
+        else:
+            return None
+    return total
+
+
+def _written(out: Instr, body: dict[str, Instr]) -> float:
+    """Bytes a fusion writes for one output: the update of an in-place dynamic-update-slice."""
+    while out.opcode == "bitcast" and out.operands and out.operands[0] in body:
+        out = body[out.operands[0]]
+    if out.opcode == "dynamic-update-slice" and out.operands[1] in body:
+        return nbytes(body[out.operands[1]].type)
+    return nbytes(out.type)
+
+
 class _Module:
     def __init__(self, text: str):
         self.computations, self.entry = parse_module(text)
@@ -222,6 +263,36 @@ class _Module:
                     return _source(inner)
         return ""
 
+    def traffic(self, instr: Instr, instrs: dict[str, Instr]) -> tuple[float, float]:
+        """(bytes read, bytes written) of one executed op. Slices read only the slice; a
+        dynamic-update-slice updates its buffer in place (as XLA does inside loops), so it
+        reads and writes the update alone. Fusions count each operand by how they use it."""
+        if instr.opcode == "custom-call" and instr.type.startswith("("):
+            return _operand_bytes(instr, instrs), nbytes(instr.type.split(", ")[0])  # no scratch
+        if instr.opcode in _SLICES:
+            return nbytes(instr.type), nbytes(instr.type)
+        if instr.opcode == "dynamic-update-slice":
+            update = nbytes(instrs[instr.operands[1]].type) if instr.operands[1] in instrs else 0
+            return update, update
+        if instr.opcode != "fusion" or not _called(instr):
+            return _operand_bytes(instr, instrs), nbytes(instr.type)
+        body = self.computations.get(_called(instr)[0], {})
+        users: dict[str, list[Instr]] = collections.defaultdict(list)
+        for inner in body.values():
+            for operand in inner.operands:
+                users[operand].append(inner)
+        params = {i.index: i.name for i in body.values() if i.opcode == "parameter"}
+        read = 0.0
+        for k, operand in enumerate(instr.operands):
+            full = nbytes(instrs[operand].type) if operand in instrs else 0.0
+            sliced = _sliced_read(params.get(k, ""), users)
+            read += full if sliced is None else min(full, sliced)
+        root = next((i for i in body.values() if i.root), None)
+        if root is None:
+            return read, nbytes(instr.type)
+        outs = [body[o] for o in root.operands if o in body] if root.opcode == "tuple" else [root]
+        return read, sum(_written(out, body) for out in outs)
+
     def ops(self, name: str, count: int = 1) -> list[Op]:
         instrs = self.computations[name]
         out: list[Op] = []
@@ -237,11 +308,7 @@ class _Module:
                 for called in _called(instr):
                     out += self.ops(called, count)
                 continue
-            if instr.opcode == "custom-call" and instr.type.startswith("("):
-                written = nbytes(instr.type.split(", ")[0])  # not the workspace / scratch
-            else:
-                written = nbytes(instr.type)
-            read = sum(nbytes(instrs[o].type) for o in instr.operands if o in instrs)
+            read, written = self.traffic(instr, instrs)
             flops, kinds = self.instr_flops(instr, instrs)
             if instr.opcode.startswith(COLLECTIVES):
                 category = "collective"

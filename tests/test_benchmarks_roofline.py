@@ -55,6 +55,21 @@ def test_gpu_custom_calls_fusions_and_loops_against_hand_counts():
     assert hlo_cost.source_group(fusion.source) == "transformer/layers_*/mlp"
 
 
+def test_scan_slices_and_in_place_updates_count_only_the_slice():
+    """A scan over 12 rows of 256 floats: each iteration reads its row of xs and the carry
+    and writes the carry and its row of ys in place, 4 KiB of the 12 KiB buffers at most."""
+
+    def scan(c, xs):
+        return jax.lax.scan(lambda c, x: (c * 0.5 + x, (c * 0.5 + x) * 2.0), c, xs)
+
+    row = 256 * 4
+    text = jax.jit(scan).lower(jnp.zeros(256), jnp.ones((12, 256))).compile().as_text()
+    loop = [op for op in hlo_cost.module_ops(text) if op.count == 12]
+    assert loop and max(op.bytes / op.count for op in loop) <= 4 * row + 64
+    per_iteration = sum(op.bytes for op in loop) / 12
+    assert 4 * row <= per_iteration <= 6 * row + 64, per_iteration
+
+
 def test_roofline_time_is_the_slower_of_memory_and_compute_plus_launch():
     ops = [
         hlo_cost.Op("mm", "custom-call", "matmul", bytes=1e6, flops=1e12, source=""),

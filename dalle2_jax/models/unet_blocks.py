@@ -37,7 +37,7 @@ class Conv(nn.Module):
     OHWI is the filter layout cuDNN uses for channels-last maps, so on a GPU the filter
     gradient arrives in the parameter's own layout and AdamW updates it in place. A HWIO
     kernel (flax.linen.Conv's) makes XLA transpose every conv kernel's gradient and moments
-    in the optimizer step: 8 % of the decoder's step in the static roofline
+    in the optimizer step: 5 % of the decoder's step in the static roofline
     (`benchmarks/roofline.py`). A torch OIHW weight maps here by permute(0, 2, 3, 1).
     """
 

@@ -236,7 +236,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             )
 
     # The host reads a step's loss only after queueing the next step, so the accelerator never
-    # waits for Python between steps; a step that is logged or saved is checked at once.
+    # waits for Python between steps; a step that is logged, evaluated or saved is checked at once.
     unchecked: tuple[int, dict] | None = None
     with _SigtermFlag() as sigterm:
         while step < config.num_steps:

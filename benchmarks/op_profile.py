@@ -32,6 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # configs/ is not part of the installed package
 
+from benchmarks import sizes as size_specs  # noqa: E402
+
 CATEGORIES = (
     ("collective", re.compile(r"all-reduce|all-gather|reduce-scatter|all-to-all|nccl|collective")),
     ("convolution", re.compile(r"convolution|cudnn|conv(?!ert)")),
@@ -152,10 +154,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", choices=("prior", "decoder", "upsampler"), required=True)
     parser.add_argument("--size", default="tiny", help="a size of benchmarks/sizes.py")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None)
-    parser.add_argument("--attention", choices=("xla", "cudnn"), default="xla")
-    parser.add_argument(
-        "--prior-residual-dtype", choices=("float32", "bfloat16"), default="float32"
-    )
+    size_specs.add_model_options(parser)
     parser.add_argument("--warmup", type=int, default=2, help="untraced steps first")
     parser.add_argument("--steps", type=int, default=5, help="traced steps")
     parser.add_argument("--top", type=int, default=25)
@@ -171,7 +170,6 @@ def main(argv: list[str] | None = None) -> int:
     import jax
 
     from benchmarks import ours
-    from benchmarks import sizes as size_specs
 
     dtype = args.dtype or ("float32" if jax.default_backend() == "cpu" else "bfloat16")
     spec = size_specs.get_size(args.size, args.prior_residual_dtype)[args.model]

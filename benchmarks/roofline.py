@@ -36,6 +36,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # configs/ is not part of the installed package
 
 from benchmarks import hlo_cost  # noqa: E402
+from benchmarks import sizes as size_specs  # noqa: E402
 
 # Public datasheet figures (SXM parts): SMs, boost clock (GHz), HBM bandwidth (B/s), memory
 # (bytes), compute capability, dense bf16 tensor peak (FLOP/s), shared memory per SM / per
@@ -113,7 +114,6 @@ def compile_for_gpu(
     from jax.experimental import topologies
 
     from benchmarks import ours
-    from benchmarks import sizes as size_specs
 
     try:
         topology = topologies.get_topology_desc(
@@ -139,10 +139,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--size", default="large", help="a size of benchmarks/sizes.py")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="bfloat16")
     parser.add_argument("--gpu", choices=sorted(GPUS), default="h200")
-    parser.add_argument("--attention", choices=("xla", "cudnn"), default="xla")
-    parser.add_argument(
-        "--prior-residual-dtype", choices=("float32", "bfloat16"), default="float32"
-    )
+    size_specs.add_model_options(parser)
     parser.add_argument("--hlo", type=Path, help="read this optimized HLO text instead")
     parser.add_argument("--peak-tflops", type=float, help="override the table's bf16 peak")
     parser.add_argument("--top", type=int, default=20)

@@ -257,18 +257,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="compute dtype (default: float32 on CPU, bfloat16 elsewhere)",
     )
-    parser.add_argument(
-        "--attention",
-        choices=("xla", "cudnn"),
-        default="xla",
-        help="our attention kernel (cudnn: NVIDIA GPUs, bfloat16)",
-    )
-    parser.add_argument(
-        "--prior-residual-dtype",
-        choices=("float32", "bfloat16"),
-        default="float32",
-        help="our prior's residual stream (PriorConfig.residual_dtype)",
-    )
+    size_specs.add_model_options(parser)
     parser.add_argument(
         "--sizes", default=None, help="comma-separated tiny,medium,large (default tiny,medium)"
     )

@@ -17,6 +17,7 @@ Fields:
 
 from __future__ import annotations
 
+import argparse
 import copy
 from typing import Any
 
@@ -164,6 +165,22 @@ def _xl() -> dict[str, Spec]:
 
 
 SIZES["xl"] = _xl()
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """The options every benchmark takes for how our models are built at a size."""
+    parser.add_argument(
+        "--attention",
+        choices=("xla", "cudnn"),
+        default="xla",
+        help="our attention kernel (cudnn: NVIDIA GPUs, bfloat16)",
+    )
+    parser.add_argument(
+        "--prior-residual-dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="our prior's residual stream (PriorConfig.residual_dtype)",
+    )
 
 
 def get_size(name: str, prior_residual_dtype: str = "float32") -> dict[str, Spec]:

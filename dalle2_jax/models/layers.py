@@ -211,9 +211,8 @@ class TransformerBlock(nn.Module):
         )
         x = x + attn(h, mask=mask).astype(x.dtype)  # the stream keeps its dtype
         h = layer_norm(self.layer_norm_eps, name="layer_norm2")(x).astype(self.dtype)
-        x = x + MLP(self.mlp_dim, self.act, dtype=self.dtype, name="mlp", **inits)(h).astype(
-            x.dtype
-        )
+        mlp = MLP(self.mlp_dim, self.act, dtype=self.dtype, name="mlp", **inits)
+        x = x + mlp(h).astype(x.dtype)
         return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
 

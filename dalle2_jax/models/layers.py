@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from dalle2_jax.models.attention import cudnn_attention
+from dalle2_jax.models.layer_norm import LayerNorm
 
 Dtype = Any
 Initializer = Callable[..., jax.Array]
@@ -68,17 +69,10 @@ def dense(
     )
 
 
-def layer_norm(epsilon: float = 1e-5, name: str | None = None) -> nn.LayerNorm:
-    """LayerNorm computed and returned in float32 (exact two-pass variance), params named norm."""
-    return nn.LayerNorm(
-        epsilon=epsilon,
-        dtype=jnp.float32,
-        param_dtype=jnp.float32,
-        use_fast_variance=False,
-        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("norm",)),
-        name=name,
-    )
+def layer_norm(epsilon: float = 1e-5, name: str | None = None) -> LayerNorm:
+    """LayerNorm computed and returned in float32 (exact two-pass variance, closed-form
+    backward: `dalle2_jax.models.layer_norm`), params named norm."""
+    return LayerNorm(epsilon, name=name)
 
 
 def causal_mask(length: int) -> jax.Array:

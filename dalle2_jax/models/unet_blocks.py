@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from dalle2_jax.models.attention import cudnn_attention
+from dalle2_jax.models.layer_norm import LayerNorm
 
 Dtype = Any
 AxisNames = tuple[str | None, ...]
@@ -126,16 +127,9 @@ def group_norm(name: str, groups: int = NORM_GROUPS) -> nn.GroupNorm:
     )
 
 
-def layer_norm(name: str) -> nn.LayerNorm:
+def layer_norm(name: str) -> LayerNorm:
     """LayerNorm (eps 1e-5, as PyTorch) computed and returned in float32."""
-    return nn.LayerNorm(
-        epsilon=1e-5,
-        dtype=jnp.float32,
-        param_dtype=jnp.float32,
-        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("norm",)),
-        name=name,
-    )
+    return LayerNorm(1e-5, name=name)
 
 
 def upsample_nearest(x: jax.Array) -> jax.Array:

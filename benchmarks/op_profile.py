@@ -38,6 +38,8 @@ CATEGORIES = (
     ("collective", re.compile(r"all-reduce|all-gather|reduce-scatter|all-to-all|nccl|collective")),
     ("convolution", re.compile(r"convolution|cudnn|conv(?!ert)")),
     ("matmul", re.compile(r"\bdot|gemm|cublas|cutlass|nvjet|xmma|matmul|wgmma")),
+    # XLA:CPU hands dots and convolutions to YNNPACK / XNNPACK as fusions named by the library.
+    ("cpu dot/conv", re.compile(r"\b[yx]nn_fusion")),
 )
 
 

@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
         (("fusion.3", "nvjet_tst_128x256_64x4_1x2_h_bz_coopA_NTN"), "matmul"),
         (("cublas-gemm.1", "sm90_xmma_gemm_bf16bf16"), "matmul"),
         (("convolution.2", "cudnn_fprop"), "convolution"),
+        (("ynn_fusion.258", "ynn_fusion.258"), "cpu dot/conv"),
         (("all-reduce.1", "ncclDevKernel_AllReduce"), "collective"),
         (("convert_element_type_fusion", "loop_convert_fusion"), "other"),
         (("fusion.12", "input_reduce_fusion"), "other"),

@@ -40,6 +40,11 @@ class Conv(nn.Module):
     kernel (flax.linen.Conv's) makes XLA transpose every conv kernel's gradient and moments
     in the optimizer step: 5 % of the decoder's step in the static roofline
     (`benchmarks/roofline.py`). A torch OIHW weight maps here by permute(0, 2, 3, 1).
+
+    The convolution itself takes the kernel transposed to HWIO: on a GPU XLA lays that
+    transpose out as a no-op (same roofline), while XLA:CPU has fast convolutions (YNNPACK)
+    only for HWIO filters. Handing it an OHWI filter directly made CPU sampling loops 4-8x
+    slower (a generic convolution loop inside the while body).
     """
 
     features: int
@@ -72,10 +77,10 @@ class Conv(nn.Module):
         pad = ((k // 2, k // 2),) * 2
         y = jax.lax.conv_general_dilated(
             x.astype(self.dtype),
-            kernel.astype(self.dtype),
+            jnp.transpose(kernel.astype(self.dtype), (1, 2, 3, 0)),
             window_strides=(self.strides, self.strides),
             padding=pad,
-            dimension_numbers=("NHWC", "OHWI", "NHWC"),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
         )
         return y + bias.astype(self.dtype)
 

@@ -122,6 +122,26 @@ def test_conv_matches_torch_conv2d(kernel_size, strides, size):
     np.testing.assert_allclose(np.asarray(y), ref.numpy(), rtol=1e-5, atol=1e-5)
 
 
+def test_conv_in_a_sampling_loop_compiles_to_hwio_filters():
+    """Inside a while loop XLA:CPU keeps the filter layout it is handed, and has fast
+    convolutions only for HWIO filters: an OHWI filter there made CPU sampling 4-8x slower.
+    The convolution must reach the compiled loop as HWIO (dim_labels ..._01io->...)."""
+    conv = Conv(8, 3)
+    x = jnp.ones((1, 8, 8, 8))
+    params = nn.unbox(conv.init(jax.random.key(0), x))
+
+    def loop(params, x):
+        return jax.lax.fori_loop(0, 4, lambda _, h: conv.apply(params, h), x)
+
+    hlo = jax.jit(loop).lower(params, x).compile().as_text()
+    labels = [
+        line.split("dim_labels=")[1].split(",")[0]
+        for line in hlo.splitlines()
+        if " convolution(" in line
+    ]
+    assert labels and all("_01io->" in label for label in labels), labels
+
+
 def test_decoder_output_is_zero_at_init_and_zero_init_layers_match_adm(decoder):
     cfg, params, _, apply = decoder
     out = apply(params, _inputs(cfg))

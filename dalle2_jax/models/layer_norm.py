@@ -57,7 +57,8 @@ layer_norm_fn.defvjp(_fwd, _bwd)
 
 
 class LayerNorm(nn.Module):
-    """LayerNorm over the last axis, computed and returned in float32; params named "norm"."""
+    """LayerNorm over the last axis (eps 1e-5 as PyTorch by default), computed and returned in
+    float32; float32 `scale` and `bias` on the logical axis "norm"."""
 
     epsilon: float = 1e-5
 
@@ -67,4 +68,4 @@ class LayerNorm(nn.Module):
         partitioned = partial(nn.with_logical_partitioning, names=("norm",))
         scale = self.param("scale", partitioned(nn.initializers.ones_init()), (features,))
         bias = self.param("bias", partitioned(nn.initializers.zeros_init()), (features,))
-        return layer_norm_fn(x, scale.astype(jnp.float32), bias.astype(jnp.float32), self.epsilon)
+        return layer_norm_fn(x, scale, bias, self.epsilon)

@@ -132,11 +132,6 @@ def group_norm(name: str, groups: int = NORM_GROUPS) -> nn.GroupNorm:
     )
 
 
-def layer_norm(name: str) -> LayerNorm:
-    """LayerNorm (eps 1e-5, as PyTorch) computed and returned in float32."""
-    return LayerNorm(1e-5, name=name)
-
-
 def upsample_nearest(x: jax.Array) -> jax.Array:
     """2x nearest-neighbour upsampling of [B, H, W, C]."""
     return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
@@ -302,13 +297,13 @@ class TextTransformerBlock(nn.Module):
     def __call__(self, x: jax.Array, mask: jax.Array | None) -> jax.Array:
         b, length, _ = x.shape
         ch = self.width // self.heads
-        h = layer_norm("ln_1")(x).astype(self.dtype)
+        h = LayerNorm(name="ln_1")(x).astype(self.dtype)
         qkv = dense(3 * self.width, ("embed", "heads"), dtype=self.dtype, name="attn_c_qkv")(h)
         q, k, v = jnp.moveaxis(qkv.reshape(b, length, self.heads, 3, ch), 3, 0)
         a = qkv_attention(q, k, v, mask, self.dtype, self.attention)
         a = a.reshape(b, length, self.width)
         x = x + dense(self.width, ("heads", "embed"), dtype=self.dtype, name="attn_c_proj")(a)
-        h = layer_norm("ln_2")(x).astype(self.dtype)
+        h = LayerNorm(name="ln_2")(x).astype(self.dtype)
         h = dense(4 * self.width, ("embed", "mlp"), dtype=self.dtype, name="mlp_c_fc")(h)
         h = nn.gelu(h, approximate=False)
         x = x + dense(self.width, ("mlp", "embed"), dtype=self.dtype, name="mlp_c_proj")(h)
@@ -342,7 +337,7 @@ class TextEncoder(nn.Module):
                 self.width, self.heads, self.dtype, self.attention, name=f"resblocks_{i}"
             )
             x = block(x, mask)
-        return layer_norm("final_ln")(x)
+        return LayerNorm(name="final_ln")(x)
 
 
 def last_valid_token(x: jax.Array, mask: jax.Array | None) -> jax.Array:

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from dalle2_jax.models.attention import cudnn_attention
+from dalle2_jax.models.group_norm import GroupNorm
 from dalle2_jax.models.layer_norm import LayerNorm
 
 Dtype = Any
@@ -119,17 +120,9 @@ def dense(
     )
 
 
-def group_norm(name: str, groups: int = NORM_GROUPS) -> nn.GroupNorm:
+def group_norm(name: str, groups: int = NORM_GROUPS) -> GroupNorm:
     """ADM's GroupNorm32 (32 groups; fewer for narrow U-Nets), eps 1e-5, in float32."""
-    return nn.GroupNorm(
-        num_groups=groups,
-        epsilon=1e-5,
-        dtype=jnp.float32,
-        param_dtype=jnp.float32,
-        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("norm",)),
-        name=name,
-    )
+    return GroupNorm(groups, 1e-5, name=name)
 
 
 def upsample_nearest(x: jax.Array) -> jax.Array:

@@ -1,7 +1,7 @@
 """Where a training step's time goes: a profiler trace of our train step and a per-op table.
 
   python benchmarks/op_profile.py --model prior --size large [--dtype bfloat16] [--steps 5] \
-      --out DIR [--top 25]
+      --out DIR [--top 25] [--peer]
 
 Runs the same donated, jitted step as run.py (`ours.TrainRunner`, random parameters and
 batch) for a few warm-up steps, then traces `--steps` steps with `jax.profiler`:
@@ -14,6 +14,10 @@ normalisation, softmax, reductions). "busy" is the summed op time over the step'
 ops on parallel streams or threads can push it above 1. On GPU, XLA's command buffers hide
 which HLO op a kernel belongs to (openxla/xprof#3070); kernels are then listed by kernel name.
 For per-op rows there, profile with XLA_FLAGS=--xla_gpu_enable_command_buffer= .
+
+`--peer` profiles DALLE2-pytorch's train step at the same size instead (its environment from
+`run.py --setup-peer`): torch.profiler's self time per aten operator (device time on CUDA), in
+the same table and DIR/ops.json, so the two steps can be compared op class by op class.
 """
 
 from __future__ import annotations
@@ -33,11 +37,12 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # configs/ is not part of the installed package
 
 from benchmarks import sizes as size_specs  # noqa: E402
+from benchmarks.run import PEER_VENV, PeerProcess  # noqa: E402
 
 CATEGORIES = (
     ("collective", re.compile(r"all-reduce|all-gather|reduce-scatter|all-to-all|nccl|collective")),
     ("convolution", re.compile(r"convolution|cudnn|conv(?!ert)")),
-    ("matmul", re.compile(r"\bdot|gemm|cublas|cutlass|nvjet|xmma|matmul|wgmma")),
+    ("matmul", re.compile(r"\bdot|gemm|cublas|cutlass|nvjet|xmma|matmul|wgmma|aten::(add|b)?mm\b")),
     # XLA:CPU hands dots and convolutions to YNNPACK / XNNPACK as fusions named by the library.
     ("cpu dot/conv", re.compile(r"\b[yx]nn_fusion")),
 )
@@ -98,38 +103,44 @@ def summarize(
     events: list[dict[str, Any]], steps: int, step_seconds: float, top: int = 25
 ) -> dict[str, Any]:
     """Per-step time of each op and category (milliseconds), their shares of the summed op
-    time, and the `top` ops by time."""
-    total: collections.Counter[str] = collections.Counter()
-    count: collections.Counter[str] = collections.Counter()
-    kernel: dict[str, str] = {}
+    time, and the `top` ops by time, from the events of a JAX profiler trace."""
+    totals: dict[str, dict[str, Any]] = {}
     for op, name, micros in op_events(events):
-        total[op] += micros / 1e3  # trace durations are microseconds
-        count[op] += 1
-        kernel.setdefault(op, name)
-    op_ms = sum(total.values()) / steps
-    kind = {op: category(op, kernel[op]) for op in total}
+        row = totals.setdefault(op, {"kernel": name, "us": 0.0, "calls": 0})
+        row["us"] += micros
+        row["calls"] += 1
+    return summarize_totals(totals, steps, step_seconds, top)
+
+
+def summarize_totals(
+    totals: dict[str, dict[str, Any]], steps: int, step_seconds: float, top: int = 25
+) -> dict[str, Any]:
+    """`summarize` from {op: {"kernel", "us" (summed over the traced steps), "calls"}}."""
+    ms = {op: row["us"] / 1e3 / steps for op, row in totals.items()}
+    op_ms = sum(ms.values())
+    kind = {op: category(op, row["kernel"]) for op, row in totals.items()}
     categories: collections.Counter[str] = collections.Counter()
-    for op, ms in total.items():
-        categories[kind[op]] += ms / steps
-    share = (lambda ms: ms / op_ms) if op_ms else (lambda ms: 0.0)
+    for op, t in ms.items():
+        categories[kind[op]] += t
+    share = (lambda t: t / op_ms) if op_ms else (lambda t: 0.0)
     return {
         "steps": steps,
         "step_ms": step_seconds * 1e3,
         "op_ms_per_step": op_ms,
         "busy": op_ms / (step_seconds * 1e3) if step_seconds else None,
         "categories": {
-            name: {"ms_per_step": ms, "share": share(ms)} for name, ms in categories.most_common()
+            name: {"ms_per_step": t, "share": share(t)} for name, t in categories.most_common()
         },
         "top": [
             {
                 "op": op,
-                "kernel": kernel[op],
+                "kernel": totals[op]["kernel"],
                 "category": kind[op],
-                "calls_per_step": count[op] / steps,
-                "ms_per_step": ms / steps,
-                "share": share(ms / steps),
+                "calls_per_step": totals[op]["calls"] / steps,
+                "ms_per_step": t,
+                "share": share(t),
             }
-            for op, ms in total.most_common(top)
+            for op, t in collections.Counter(ms).most_common(top)
         ],
     }
 
@@ -161,24 +172,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=5, help="traced steps")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--out", type=Path, required=True, help="trace directory")
+    parser.add_argument(
+        "--peer",
+        action="store_true",
+        help="profile DALLE2-pytorch's step at the same size instead (torch.profiler)",
+    )
+    parser.add_argument("--peer-python", type=Path, default=PEER_VENV / "bin" / "python")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 0:
         parser.error("--steps must be >= 1 and --warmup >= 0")
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def profile_ours(args: argparse.Namespace, spec: dict[str, Any]) -> dict[str, Any]:
+    """Our train step traced with jax.profiler into args.out, summarised per HLO op."""
     import jax
 
     from benchmarks import ours
 
     dtype = args.dtype or ("float32" if jax.default_backend() == "cpu" else "bfloat16")
-    spec = size_specs.get_size(args.size, args.prior_residual_dtype)[args.model]
     runner = ours.TrainRunner(args.model, spec, dtype, args.attention)
     info = runner.setup()
     runner.run(args.warmup)
-    args.out.mkdir(parents=True, exist_ok=True)
     options = jax.profiler.ProfileOptions()
     options.host_tracer_level = 2  # CPU thunks carry their HLO op at level 2
     options.python_tracer_level = 0
@@ -186,19 +201,44 @@ def main(argv: list[str] | None = None) -> int:
         times = runner.run(args.steps)
     summary = summarize(load_trace(args.out), args.steps, statistics.median(times), args.top)
     summary.update(
-        {
-            "model": args.model,
-            "size": args.size,
-            "dtype": dtype,
-            "attention": args.attention,
-            "prior_residual_dtype": args.prior_residual_dtype,
-            **ours.device_info(),
-            **info,
-        }
+        dtype=dtype,
+        attention=args.attention,
+        prior_residual_dtype=args.prior_residual_dtype,
+        **ours.device_info(),
+        **info,
     )
+    return summary
+
+
+def profile_peer(args: argparse.Namespace, size: dict[str, Any]) -> dict[str, Any]:
+    """DALLE2-pytorch's train step at the same size under torch.profiler (self time per
+    operator), in the peer's environment as `run.py` starts it."""
+    dtype = args.dtype or "float32"
+    peer = PeerProcess(args.peer_python)
+    try:
+        info = peer.request(op="setup", model=args.model, mode="train", size=size, dtype=dtype)
+        peer.run(args.warmup)
+        reply = peer.request(op="profile", n=args.steps)
+    finally:
+        peer.close()
+    summary = summarize_totals(reply["ops"], args.steps, statistics.median(reply["times"]))
+    summary["top"] = summary["top"][: args.top]
+    summary.update(dtype=dtype, side="DALLE2-pytorch", **info)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    size = size_specs.get_size(args.size, args.prior_residual_dtype)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.peer:
+        summary = profile_peer(args, size)
+    else:
+        summary = profile_ours(args, size[args.model])
+    summary.update(model=args.model, size=args.size)
     (args.out / "ops.json").write_text(json.dumps(summary, indent=2))
     print(format_summary(summary))
-    print(f"trace and ops.json in {args.out}")
+    print(f"{'ops.json' if args.peer else 'trace and ops.json'} in {args.out}")
     return 0
 
 

@@ -7,6 +7,7 @@ Protocol: one JSON object per line on stdin, one JSON reply per line on stdout.
   {"op": "setup", "model": M, "mode": "train"|"sample", "size": {...}, "dtype": D}
       -> {"params", "batch", "setup_s", "flops_per_step" (train), "device", "threads", ...}
   {"op": "run", "n": k}      -> {"times": [k seconds]}
+  {"op": "profile", "n": k}  -> {"times", "ops"}: k calls under torch.profiler, self time per op
   {"op": "memory"}           -> {"peak_bytes", "kind"}
   {"op": "quit"}
 M is "prior", "decoder", "upsampler" or "e2e" (sample only). One-shot use for debugging:
@@ -351,6 +352,25 @@ def _memory(rss_base: int | None) -> dict[str, Any]:
     return {"peak_bytes": maxrss, "kind": "maxrss"}
 
 
+def profile(runner: Any, n: int) -> dict[str, Any]:
+    """n calls under torch.profiler: {"times", "ops": {name: {"kernel", "us", "calls"}}}, with
+    each operator's self time summed over the n calls (device time on CUDA)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    cuda = DEVICE.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with torch_profile(activities=activities) as prof:
+        times = runner.run(n)
+    field = "self_device_time_total" if cuda else "self_cpu_time_total"
+    ops = {
+        e.key: {"kernel": e.key, "us": float(getattr(e, field)), "calls": int(e.count)}
+        for e in prof.key_averages()
+        if getattr(e, field) > 0
+    }
+    return {"times": times, "ops": ops}
+
+
 def serve(requests: Any, reply: Any) -> None:
     """Answers setup / run / memory requests, one JSON object per line."""
     runner, rss_base = None, None
@@ -378,6 +398,8 @@ def serve(requests: Any, reply: Any) -> None:
             )
         elif op == "run":
             out = {"times": runner.run(int(req["n"]))}
+        elif op == "profile":
+            out = profile(runner, int(req["n"]))
         elif op == "memory":
             out = _memory(rss_base)
         else:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.op_profile import category, summarize
+from benchmarks.op_profile import category, main, summarize, summarize_totals
+from benchmarks.run import PeerError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,6 +28,13 @@ ROOT = Path(__file__).resolve().parents[1]
         (("all-reduce.1", "ncclDevKernel_AllReduce"), "collective"),
         (("convert_element_type_fusion", "loop_convert_fusion"), "other"),
         (("fusion.12", "input_reduce_fusion"), "other"),
+        (("aten::mm", "aten::mm"), "matmul"),  # the peer's operators (torch.profiler)
+        (("aten::bmm", "aten::bmm"), "matmul"),
+        (("aten::addmm", "aten::addmm"), "matmul"),
+        (("aten::convolution_backward", "aten::convolution_backward"), "convolution"),
+        (("aten::_slow_conv2d_forward", "aten::_slow_conv2d_forward"), "convolution"),
+        (("aten::mul", "aten::mul"), "other"),
+        (("aten::native_group_norm", "aten::native_group_norm"), "other"),
     ],
 )
 def test_category_from_op_and_kernel_names(names, expected):
@@ -72,6 +80,24 @@ def test_summarize_uses_host_thunks_without_a_device():
     s = summarize(events, steps=1, step_seconds=0.004)
     assert s["op_ms_per_step"] == pytest.approx(2.0)
     assert s["categories"] == {"matmul": {"ms_per_step": 2.0, "share": 1.0}}
+
+
+def test_summarize_totals_divides_aggregates_by_steps():
+    """The peer's torch.profiler aggregates (self time and calls over all traced steps)."""
+    rows = [("aten::convolution_backward", 6e3, 4), ("aten::mm", 3e3, 6), ("aten::silu", 1e3, 2)]
+    totals = {op: {"kernel": op, "us": us, "calls": calls} for op, us, calls in rows}
+    s = summarize_totals(totals, steps=2, step_seconds=0.01, top=2)
+    assert s["op_ms_per_step"] == pytest.approx(5.0)
+    assert s["categories"]["convolution"]["ms_per_step"] == pytest.approx(3.0)
+    assert s["categories"]["matmul"]["share"] == pytest.approx(0.3)
+    assert [r["op"] for r in s["top"]] == ["aten::convolution_backward", "aten::mm"]
+    assert s["top"][1]["calls_per_step"] == 3.0
+
+
+def test_peer_profile_without_its_environment_says_how_to_make_it(tmp_path):
+    with pytest.raises(PeerError, match="--setup-peer"):
+        main(["--model", "prior", "--peer", "--peer-python", str(tmp_path / "no" / "python"),
+              "--out", str(tmp_path / "prof")])  # fmt: skip
 
 
 def test_profile_command_traces_the_tiny_prior(tmp_path):

@@ -221,8 +221,8 @@ def profile_peer(args: argparse.Namespace, size: dict[str, Any]) -> dict[str, An
         reply = peer.request(op="profile", n=args.steps)
     finally:
         peer.close()
-    summary = summarize_totals(reply["ops"], args.steps, statistics.median(reply["times"]))
-    summary["top"] = summary["top"][: args.top]
+    times = statistics.median(reply["times"])
+    summary = summarize_totals(reply["ops"], args.steps, times, args.top)
     summary.update(dtype=dtype, side="DALLE2-pytorch", **info)
     return summary
 

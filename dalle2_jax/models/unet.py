@@ -32,6 +32,7 @@ import jax.numpy as jnp
 
 from dalle2_jax.models.attention import check_implementation as check_attention
 from dalle2_jax.models.embeddings import timestep_embedding
+from dalle2_jax.models.group_norm import GroupNorm
 from dalle2_jax.models.unet_blocks import (
     NORM_GROUPS,
     AttentionBlock,
@@ -42,7 +43,6 @@ from dalle2_jax.models.unet_blocks import (
     constrain_feature_map,
     conv,
     dense,
-    group_norm,
     last_valid_token,
 )
 
@@ -295,7 +295,7 @@ class UNet(nn.Module):
                 ds //= 2
 
         # Output head in float32; its output channels stay unsharded (e.g. 6 on 8 devices).
-        h = nn.silu(group_norm("out_norm", cfg.norm_groups)(h))
+        h = nn.silu(GroupNorm(cfg.norm_groups, name="out_norm")(h))
         out = conv(
             cfg.model_out_channels,
             3,

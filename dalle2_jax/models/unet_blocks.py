@@ -120,11 +120,6 @@ def dense(
     )
 
 
-def group_norm(name: str, groups: int = NORM_GROUPS) -> GroupNorm:
-    """ADM's GroupNorm32 (32 groups; fewer for narrow U-Nets), eps 1e-5, in float32."""
-    return GroupNorm(groups, 1e-5, name=name)
-
-
 def upsample_nearest(x: jax.Array) -> jax.Array:
     """2x nearest-neighbour upsampling of [B, H, W, C]."""
     return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
@@ -180,7 +175,7 @@ class ResBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, emb: jax.Array, train: bool = False) -> jax.Array:
-        h = nn.silu(group_norm("in_norm", self.norm_groups)(x))
+        h = nn.silu(GroupNorm(self.norm_groups, name="in_norm")(x))
         if self.up:
             h, x = upsample_nearest(h), upsample_nearest(x)
         elif self.down:
@@ -194,9 +189,9 @@ class ResBlock(nn.Module):
         emb_out = emb_out.astype(jnp.float32)[:, None, None, :]
         if self.use_scale_shift_norm:
             scale, shift = jnp.split(emb_out, 2, axis=-1)
-            h = group_norm("out_norm", self.norm_groups)(h) * (1.0 + scale) + shift
+            h = GroupNorm(self.norm_groups, name="out_norm")(h) * (1.0 + scale) + shift
         else:
-            h = group_norm("out_norm", self.norm_groups)(h + emb_out)
+            h = GroupNorm(self.norm_groups, name="out_norm")(h + emb_out)
         h = nn.Dropout(self.dropout)(nn.silu(h), deterministic=not train)
         h = conv(self.out_channels, 3, dtype=self.dtype, zero_init=True, name="out_conv")(
             h.astype(self.dtype)
@@ -254,7 +249,8 @@ class AttentionBlock(nn.Module):
     ) -> jax.Array:
         b, height, width, c = x.shape
         heads, ch = c // self.num_head_channels, self.num_head_channels
-        h = group_norm("norm", self.norm_groups)(x).astype(self.dtype).reshape(b, height * width, c)
+        h = GroupNorm(self.norm_groups, name="norm")(x).astype(self.dtype)
+        h = h.reshape(b, height * width, c)
         # Head-major layout [heads, (q, k, v), ch] as ADM's QKVAttention.
         qkv = dense(3 * c, ("embed", "heads"), dtype=self.dtype, name="qkv")(h)
         q, k, v = jnp.moveaxis(qkv.reshape(b, height * width, heads, 3, ch), 3, 0)

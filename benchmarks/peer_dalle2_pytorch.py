@@ -72,6 +72,7 @@ def _tolerate_cuda_torchvision() -> None:
 _tolerate_cuda_torchvision()
 
 from dalle2_pytorch import Decoder, DiffusionPrior, DiffusionPriorNetwork, Unet  # noqa: E402
+from torch_flops import flop_counter  # noqa: E402  (this script's directory is on sys.path)
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 EMA_DECAY = 0.9999
@@ -218,13 +219,10 @@ class TrainRunner:
         flops = self._count_flops()
         return {"params": num_params(trained), "batch": b, "flops_per_step": flops}
 
-    def _count_flops(self) -> float | None:
-        """FLOPs of one step by torch's FlopCounterMode (matmuls and convolutions only)."""
-        try:
-            from torch.utils.flop_counter import FlopCounterMode
-        except ImportError:
-            return None
-        counter = FlopCounterMode(display=False)
+    def _count_flops(self) -> float:
+        """FLOPs of one step: matmuls and convolutions, convolutions over the taps that read
+        the input, as XLA's cost analysis counts ours (`torch_flops.py`)."""
+        counter = flop_counter()
         with counter:
             self._step()
         return float(counter.get_total_flops())

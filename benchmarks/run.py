@@ -1,7 +1,8 @@
 """Training throughput, MFU and sampling latency of our stages, side by side with DALLE2-pytorch.
 
   python benchmarks/run.py [--quick] [--no-peer] [--dtype float32|bfloat16]
-      [--sizes tiny,medium,large] [--models prior,decoder,upsampler] [--cpus N] [--out bench.json]
+      [--sizes tiny,medium,large] [--models prior,decoder,upsampler] [--modes train,sample]
+      [--cpus N] [--out bench.json]
   python benchmarks/run.py --setup-peer   # benchmarks/.peer-venv: torch==2.13.0 dalle2-pytorch
 
 One row per (model, size, mode). "train": median step time of the donated, jitted train step
@@ -267,6 +268,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="comma-separated subset of prior,decoder,upsampler; the e2e row needs all three",
     )
     parser.add_argument(
+        "--modes",
+        default="train,sample",
+        help="comma-separated subset of train,sample (train alone: the MFU rows, faster)",
+    )
+    parser.add_argument(
         "--cpus", type=int, default=0, help="pin both sides to the first N allowed CPUs (0: all)"
     )
     parser.add_argument("--peer-python", type=Path, default=PEER_VENV / "bin" / "python")
@@ -306,6 +312,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     unknown = sorted(set(models) - set(size_specs.MODELS))
     if unknown:
         raise SystemExit(f"Unknown models {unknown}; choose from {size_specs.MODELS}.")
+    modes = [m for m in args.modes.split(",") if m]
+    if not modes or set(modes) - {"train", "sample"}:
+        raise SystemExit(f"--modes {args.modes!r}: choose from train,sample.")
 
     peak_args = (dtype, schedule["peak_n"], schedule["peak_repeats"], schedule.get("peak_chain", 1))
     peak_start = ours.peak_flops(*peak_args)
@@ -325,8 +334,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for size_name in size_names:
         size = size_specs.get_size(size_name, args.prior_residual_dtype)
         cache: dict = {}  # sampling stages and params, shared by the sample rows and e2e
-        jobs = [(m, "train") for m in models] + [(m, "sample") for m in models]
-        if set(models) == set(size_specs.MODELS):
+        jobs = [(m, mode) for mode in ("train", "sample") if mode in modes for m in models]
+        if "sample" in modes and set(models) == set(size_specs.MODELS):
             jobs.append(("e2e", "sample"))
         for model, mode in jobs:
             row = bench_row(

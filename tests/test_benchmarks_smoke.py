@@ -22,13 +22,15 @@ def _positive(value) -> bool:
     return isinstance(value, int | float) and value > 0
 
 
+def _run_quick(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_backend_optimization_level=0")
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--no-peer", *args]
+    return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
 def test_quick_benchmark_writes_rows_with_positive_numbers(tmp_path):
     out = tmp_path / "bench.json"
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_backend_optimization_level=0")
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--no-peer"]
-    proc = subprocess.run(
-        [*cmd, "--out", str(out)], env=env, cwd=ROOT, capture_output=True, text=True, timeout=600
-    )
+    proc = _run_quick("--out", str(out))
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "speedup" in proc.stdout  # the table was printed
 
@@ -58,3 +60,14 @@ def test_quick_benchmark_writes_rows_with_positive_numbers(tmp_path):
             assert len(ours["times_s"]) >= 2
             assert _positive(ours["first_call_s"]) and ours["steps"]
     assert rows[("e2e", "tiny", "sample")]["ours"]["steps"].keys() == set(MODELS)
+
+
+def test_modes_train_gives_only_training_rows(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = _run_quick("--models", "prior", "--modes", "train", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["model"], r["mode"]) for r in rows] == [("prior", "train")]
+
+    bad = _run_quick("--models", "prior", "--modes", "eval")
+    assert bad.returncode != 0 and "choose from train,sample" in bad.stderr

@@ -61,6 +61,7 @@ def _conv(
     out_shape: Sequence[int] | None = None,
     **kwargs: Any,
 ) -> int:
+    """`aten.convolution`'s count (arguments as torch's formula registry passes them)."""
     if transposed:  # the adjoint of a convolution from out_shape to x_shape: the same taps
         return conv_valid_flops(out_shape, w_shape, stride, padding, dilation)
     return conv_valid_flops(x_shape, w_shape, stride, padding, dilation)

@@ -87,7 +87,7 @@ def prior_config(spec: Spec, dtype: str, attention: str = "xla") -> ml_collectio
     d = spec["dim"]
     config.model.update(
         {
-            "clip_dim": d,
+            "clip_embed_dim": d,
             "text_len": spec["text_len"],
             "text_width": d,
             "width": d,
@@ -132,7 +132,7 @@ def decoder_config(spec: Spec, dtype: str, attention: str = "xla") -> ml_collect
             "dropout": 0.0,
             "clip_embed_dim": spec["clip_dim"],
             "num_clip_tokens": 4,
-            "text_embed_dim": spec["text_dim"],
+            "text_width": spec["text_dim"],
             "context_dim": spec["context_dim"],
             "text_encoder_layers": 0,
             "dtype": dtype,

@@ -29,7 +29,7 @@ def base_prior_config() -> ml_collections.ConfigDict:
     config.seed = 0
     config.model = ml_collections.ConfigDict(
         {
-            "clip_dim": 768,
+            "clip_embed_dim": 768,
             "text_len": 77,
             "text_width": 768,
             "width": 2048,
@@ -47,7 +47,7 @@ def base_prior_config() -> ml_collections.ConfigDict:
     )
     config.diffusion = ml_collections.ConfigDict({"num_timesteps": 1000, "schedule": "cosine"})
     # Normalisation of the diffused image embedding: "fixed" multiplies unit-norm embeddings
-    # by `scale` (None: sqrt(clip_dim)); "mean_std" uses per-dimension statistics of the first
+    # by `scale` (None: sqrt(clip_embed_dim)); "mean_std" uses per-dimension statistics of the first
     # `num_examples` training examples, saved in the workdir.
     config.embed_norm = ml_collections.ConfigDict(
         {"kind": "fixed", "scale": 17.2, "num_examples": 100_000}

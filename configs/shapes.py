@@ -120,7 +120,7 @@ def prior_config(tiny: bool = False) -> ml_collections.ConfigDict:
     config.eval_every = 500
     config.model.update(
         {
-            "clip_dim": EMBED_DIM,
+            "clip_embed_dim": EMBED_DIM,
             "text_len": TEXT_LEN,
             "text_width": 128,
             "width": 256,
@@ -147,7 +147,7 @@ def prior_config(tiny: bool = False) -> ml_collections.ConfigDict:
         config.num_steps, config.batch_size, config.log_every = 3, 8, 1
         config.eval_every = config.checkpoint.every_steps = 3
         config.model.update({"width": 32, "depth": 1, "heads": 2, "mlp_dim": 64})
-        config.model.update({"clip_dim": 32, "text_width": 32})
+        config.model.update({"clip_embed_dim": 32, "text_width": 32})
         config.embed_norm.scale = 32**0.5
         config.sample.num_steps = 4
         config.eval.num_examples = 8
@@ -187,7 +187,7 @@ def decoder_config(tiny: bool = False) -> ml_collections.ConfigDict:
             "resblock_updown": False,
             "clip_embed_dim": 128,
             "num_clip_tokens": 4,
-            "text_embed_dim": 128,
+            "text_width": 128,
             "context_dim": 128,
             "text_encoder_layers": 0,
             "text_encoder_heads": 4,
@@ -222,7 +222,7 @@ def decoder_config(tiny: bool = False) -> ml_collections.ConfigDict:
                 "num_head_channels": 16,
                 "dropout": 0.0,
                 "clip_embed_dim": 16,
-                "text_embed_dim": 24,
+                "text_width": 24,
                 "context_dim": 32,
                 "text_encoder_layers": 0,
             }
@@ -318,7 +318,7 @@ def all_config(tiny: bool = False) -> ml_collections.ConfigDict:
         decoder = config.stages.decoder
         decoder.data.update({"source": "shapes", "image_size": 16, "text_len": TEXT_LEN})
         decoder.model.update(
-            {"clip_embed_dim": 32, "text_embed_dim": 32, "attention_resolutions": (16,)}
+            {"clip_embed_dim": 32, "text_width": 32, "attention_resolutions": (16,)}
         )
     config.samples = ml_collections.ConfigDict(
         {"num_prompts": 2 if tiny else 4, "num_images": 2 if tiny else 4}

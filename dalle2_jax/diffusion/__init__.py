@@ -22,11 +22,11 @@ Forward process and posterior (gaussian.py)
       variance: "fixed_small" | "fixed_large" | "learned_range"
 
 Losses (losses.py)
-  training_loss(schedule, model_fn, x0, key, *, prediction="eps", learned_variance=False,
+  training_loss(schedule, model_fn, x0, key, *, prediction="eps", variance="fixed_small",
                 snr_weighting=None, p2_gamma=1.0, p2_k=1.0, min_snr_gamma=5.0,
                 vlb_weight=1e-3, timestep_sampling="uniform", timestep_loc=0.0,
                 timestep_scale=1.0, t=None, noise=None) -> (loss [batch], terms dict)
-      snr_weighting: None | "p2" | "min_snr"; learned_variance: model outputs
+      snr_weighting: None | "p2" | "min_snr"; variance="learned_range": model outputs
       [mean-prediction, variance-interp] on the last axis and the hybrid loss
       mse + vlb_weight * T * L_t (L_t in bits/dim, mean channels stop-gradiented) is used.
       timestep_sampling: "uniform" | "logit_normal" (timestep_loc, timestep_scale).
@@ -38,16 +38,16 @@ Samplers (samplers.py) — one lax.scan each
   sample(schedule, model_fn, shape, key, *, sampler, num_steps, prediction, eta=0.0,
          variance="fixed_small", x0_transform=None, x_T=None) -> x0 samples
       sampler: "ddpm" | "ddim" | "dpm++2m"; prediction: "eps" | "x0" | "v"
-  ddim_invert(schedule, model_fn, x0, *, num_steps, prediction, learned_variance=False,
+  ddim_invert(schedule, model_fn, x0, *, num_steps, prediction, variance="fixed_small",
               x0_transform=None, fixed_point_iterations=0) -> x_T
       (fixed_point_iterations > 0: exact inverse of the num_steps DDIM map, not just of the ODE)
-  ddim_sample_from(schedule, model_fn, x_T, *, num_steps, prediction, learned_variance=False,
+  ddim_sample_from(schedule, model_fn, x_T, *, num_steps, prediction, variance="fixed_small",
                    x0_transform=None) -> x0
   ddpm_sample_loop / ddim_sample_loop / dpm_solver_pp_2m_loop on an already-respaced schedule
 
 Guidance (guidance.py)
   classifier_free_guidance(model_fn(x, t, cond), cond, null_cond, scale, *,
-                           learned_variance=False) -> model_fn(x, t)
+                           variance="fixed_small") -> model_fn(x, t)
   static_clip(x0, bound=1.0); dynamic_threshold(x0, percentile=0.995)
       x0_transform accepts None, "clip", "dynamic" or any callable on x0.
 """
@@ -56,6 +56,7 @@ from dalle2_jax.diffusion.gaussian import (
     PREDICTIONS,
     VARIANCES,
     extract,
+    is_learned,
     p_log_variance,
     predict_eps_from_v,
     predict_eps_from_x0,
@@ -123,6 +124,7 @@ __all__ = [
     "dpm_solver_pp_2m_loop",
     "dynamic_threshold",
     "extract",
+    "is_learned",
     "loss_options_from",
     "make_schedule",
     "mean_flat",

@@ -141,6 +141,14 @@ def p_log_variance(
     raise ValueError(f"Unknown variance {variance!r}; choose one of {VARIANCES}.")
 
 
+def is_learned(variance: str) -> bool:
+    """Whether `variance` ("fixed_small" | "fixed_large" | "learned_range") means the model
+    output carries [mean-prediction, variance-interp] channels; unknown names raise."""
+    if variance not in VARIANCES:
+        raise ValueError(f"Unknown variance {variance!r}; choose one of {VARIANCES}.")
+    return variance == "learned_range"
+
+
 def split_learned_variance(model_output: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Split a learned-variance output [..., 2C] into (mean prediction, variance interp)."""
     channels = model_output.shape[-1]

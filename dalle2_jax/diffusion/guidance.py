@@ -14,7 +14,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from dalle2_jax.diffusion.gaussian import split_learned_variance
+from dalle2_jax.diffusion.gaussian import is_learned, split_learned_variance
 
 PyTree = Any
 CondModelFn = Callable[[jax.Array, jax.Array, PyTree], jax.Array]
@@ -27,15 +27,16 @@ def classifier_free_guidance(
     null_cond: PyTree,
     scale: float | jax.Array,
     *,
-    learned_variance: bool = False,
+    variance: str = "fixed_small",
 ) -> Callable[[jax.Array, jax.Array], jax.Array]:
     """model_fn(x, t) returning uncond + scale * (cond - uncond) on the mean-prediction channels.
 
     Each leaf of `null_cond` is broadcast to the matching leaf of `cond` (so a single null
     embedding serves the whole batch); both halves go through `model_fn` in one call of twice
-    the batch. With `learned_variance` the output is [mean, variance] on the last axis and the
-    variance channels of the conditional half are kept. Scale 1 is the conditional model, 0 the
-    unconditional one. Guidance is linear, so it applies equally to eps, x0 and v outputs.
+    the batch. With `variance="learned_range"` the output is [mean, variance] on the last
+    axis and the variance channels of the conditional half are kept. Scale 1 is the
+    conditional model, 0 the unconditional one. Guidance is linear, so it applies equally to
+    eps, x0 and v outputs.
     """
 
     def guided(x: jax.Array, t: jax.Array) -> jax.Array:
@@ -46,7 +47,7 @@ def classifier_free_guidance(
         )
         out = model_fn(jnp.concatenate([x, x]), jnp.concatenate([t, t]), both_cond)
         out_cond, out_uncond = jnp.split(out, 2, axis=0)
-        if not learned_variance:
+        if not is_learned(variance):
             return out_uncond + scale * (out_cond - out_uncond)
         mean_cond, variance_cond = split_learned_variance(out_cond)
         mean_uncond, _ = split_learned_variance(out_uncond)

@@ -16,6 +16,7 @@ from jax.scipy.special import log_ndtr, ndtr
 
 from dalle2_jax.diffusion.gaussian import (
     check_prediction,
+    is_learned,
     p_log_variance,
     prediction_target,
     q_posterior,
@@ -179,7 +180,7 @@ def training_loss(
     key: jax.Array,
     *,
     prediction: str = "eps",
-    learned_variance: bool = False,
+    variance: str = "fixed_small",
     snr_weighting: str | None = None,
     p2_gamma: float = 1.0,
     p2_k: float = 1.0,
@@ -195,8 +196,8 @@ def training_loss(
 
     Draws t from `timestep_sampling` (see `sample_timesteps`) and noise, unless given, calls
     `model_fn(x_t, timesteps)` with int32 full-schedule timesteps, and regresses the
-    `prediction` target with an (optionally SNR-weighted) MSE. With `learned_variance` the
-    model outputs [mean-prediction, variance-interp] on the last axis and the improved-DDPM
+    `prediction` target with an (optionally SNR-weighted) MSE. With `variance="learned_range"`
+    the model outputs [mean-prediction, variance-interp] on the last axis and the improved-DDPM
     hybrid loss is used: mse + lambda * T * L_t with lambda = `vlb_weight` (0.001) and T the
     schedule length (T * L_t estimates the full bound L_vlb; improved-diffusion's RESCALED_MSE),
     where L_t sees the mean channels through a stop-gradient so it trains only the variance.
@@ -218,14 +219,14 @@ def training_loss(
     x_t = q_sample(schedule, x0, t, noise)
     model_output = model_fn(x_t, schedule.timesteps[t]).astype(jnp.float32)
 
-    if learned_variance:
+    if is_learned(variance):
         mean_output, variance_output = split_learned_variance(model_output)
     else:
         mean_output = model_output
     if mean_output.shape != x0.shape:
         raise ValueError(
             f"Model output {model_output.shape} does not match x0 {x0.shape}"
-            + (" with [mean, variance] channels." if learned_variance else ".")
+            + (" with [mean, variance] channels." if is_learned(variance) else ".")
         )
     target = prediction_target(schedule, x0, t, noise, prediction)
     weight = snr_loss_weight(
@@ -240,7 +241,7 @@ def training_loss(
     mse = weight * mean_flat((mean_output - target) ** 2)
     terms = {"mse": mse, "t": t}
     loss = mse
-    if learned_variance:
+    if is_learned(variance):
         frozen = jnp.concatenate([jax.lax.stop_gradient(mean_output), variance_output], axis=-1)
         vlb = vlb_term(schedule, x0, x_t, t, frozen, prediction)
         terms["vlb"] = vlb

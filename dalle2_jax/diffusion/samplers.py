@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 
 from dalle2_jax.diffusion.gaussian import (
-    VARIANCES,
     check_prediction,
+    is_learned,
     p_log_variance,
     predict_eps_from_x0,
     q_posterior,
@@ -37,7 +37,7 @@ def denoise(
     i: jax.Array,
     *,
     prediction: str,
-    learned_variance: bool = False,
+    variance: str = "fixed_small",
     x0_transform: X0Transform | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array | None]:
     """(x0, eps, variance channels or None) from one model call at schedule index i (scalar).
@@ -48,7 +48,7 @@ def denoise(
     t = jnp.full((x_t.shape[0],), schedule.timesteps[i], dtype=jnp.int32)
     out = model_fn(x_t, t).astype(jnp.float32)
     variance_output = None
-    if learned_variance:
+    if is_learned(variance):
         out, variance_output = split_learned_variance(out)
     x0, eps = x0_and_eps(schedule, x_t, i, out, prediction)
     if x0_transform is not None:
@@ -73,9 +73,7 @@ def ddpm_sample_loop(
     carries [mean, variance] channels). No noise is added on the last step. Step i draws its
     noise with `fold_in(key, i)`.
     """
-    if variance not in VARIANCES:
-        raise ValueError(f"Unknown variance {variance!r}; choose one of {VARIANCES}.")
-    learned = variance == "learned_range"
+    is_learned(variance)  # validates the name
 
     def step(x: jax.Array, i: jax.Array):
         x0, _, variance_output = denoise(
@@ -84,7 +82,7 @@ def ddpm_sample_loop(
             x,
             i,
             prediction=prediction,
-            learned_variance=learned,
+            variance=variance,
             x0_transform=x0_transform,
         )
         mean, _, _ = q_posterior(schedule, x0, x, i)
@@ -105,7 +103,7 @@ def ddim_sample_loop(
     *,
     prediction: str,
     eta: float = 0.0,
-    learned_variance: bool = False,
+    variance: str = "fixed_small",
     x0_transform: X0Transform | None = None,
 ) -> jax.Array:
     """DDIM (Song et al.): x_{i-1} = sqrt(ab') x0 + sqrt(1 - ab' - sigma^2) eps + sigma z.
@@ -124,7 +122,7 @@ def ddim_sample_loop(
             x,
             i,
             prediction=prediction,
-            learned_variance=learned_variance,
+            variance=variance,
             x0_transform=x0_transform,
         )
         ab, ab_prev = schedule.alphas_cumprod[i], schedule.alphas_cumprod_prev[i]
@@ -147,7 +145,7 @@ def dpm_solver_pp_2m_loop(
     x_T: jax.Array,
     *,
     prediction: str,
-    learned_variance: bool = False,
+    variance: str = "fixed_small",
     x0_transform: X0Transform | None = None,
 ) -> jax.Array:
     """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2): multistep 2nd-order solver in data prediction.
@@ -166,7 +164,7 @@ def dpm_solver_pp_2m_loop(
             x,
             i,
             prediction=prediction,
-            learned_variance=learned_variance,
+            variance=variance,
             x0_transform=x0_transform,
         )
         ab, ab_prev = schedule.alphas_cumprod[i], schedule.alphas_cumprod_prev[i]
@@ -197,7 +195,7 @@ def ddim_invert(
     *,
     num_steps: int,
     prediction: str,
-    learned_variance: bool = False,
+    variance: str = "fixed_small",
     x0_transform: str | X0Transform | None = None,
     fixed_point_iterations: int = 0,
 ) -> jax.Array:
@@ -223,7 +221,7 @@ def ddim_invert(
             x,
             i,
             prediction=prediction,
-            learned_variance=learned_variance,
+            variance=variance,
             x0_transform=transform,
         )[1]
 
@@ -251,7 +249,7 @@ def ddim_sample_from(
     *,
     num_steps: int,
     prediction: str,
-    learned_variance: bool = False,
+    variance: str = "fixed_small",
     x0_transform: str | X0Transform | None = None,
 ) -> jax.Array:
     """Deterministic DDIM (eta = 0) from a given x_T, e.g. one from `ddim_invert`."""
@@ -263,7 +261,7 @@ def ddim_sample_from(
         None,
         prediction=prediction,
         eta=0.0,
-        learned_variance=learned_variance,
+        variance=variance,
         x0_transform=resolve_x0_transform(x0_transform),
     )
 
@@ -295,8 +293,7 @@ def sample(
     (optional) replaces the initial noise, which is otherwise drawn from `key`.
     """
     check_prediction(prediction)
-    if variance not in VARIANCES:
-        raise ValueError(f"Unknown variance {variance!r}; choose one of {VARIANCES}.")
+    is_learned(variance)  # validates the name
     if sampler == "dpm++2m":
         schedule = respace(schedule, solver_timesteps(schedule.num_timesteps, num_steps))
     else:
@@ -307,7 +304,6 @@ def sample(
         x_T = jax.random.normal(key_init, shape, jnp.float32)
     elif tuple(x_T.shape) != tuple(shape):
         raise ValueError(f"x_T has shape {x_T.shape}, expected {tuple(shape)}.")
-    learned = variance == "learned_range"
     if sampler == "ddpm":
         return ddpm_sample_loop(
             schedule,
@@ -326,7 +322,7 @@ def sample(
             key_loop,
             prediction=prediction,
             eta=eta,
-            learned_variance=learned,
+            variance=variance,
             x0_transform=transform,
         )
     if sampler == "dpm++2m":
@@ -335,7 +331,7 @@ def sample(
             model_fn,
             x_T,
             prediction=prediction,
-            learned_variance=learned,
+            variance=variance,
             x0_transform=transform,
         )
     raise ValueError(f"Unknown sampler {sampler!r}; choose one of {SAMPLERS}.")

@@ -49,7 +49,7 @@ class PriorConfig:
     """Shape of the prior. Defaults: the paper's 1B prior on ViT-L/14 CLIP (see
     configs/prior_paper.py).
 
-    clip_dim: CLIP joint-space dim D of the text / image embeddings.
+    clip_embed_dim: CLIP joint-space dim D of the text / image embeddings.
     text_len, text_width: number L and width W of the CLIP caption token encodings.
     width, depth, heads, mlp_dim: the transformer (mlp_dim 0 means 4 * width).
     use_text_encodings: False conditions on the text embedding alone (no caption tokens).
@@ -68,7 +68,7 @@ class PriorConfig:
         statistics stay float32 either way.
     """
 
-    clip_dim: int = 768
+    clip_embed_dim: int = 768
     text_len: int = 77
     text_width: int = 768
     width: int = 2048
@@ -91,7 +91,7 @@ class PriorConfig:
             raise ValueError(f"width {self.width} is not divisible by heads {self.heads}.")
         if self.act not in ACTIVATIONS:
             raise ValueError(f"Unknown activation {self.act!r}; known: {sorted(ACTIVATIONS)}.")
-        if min(self.clip_dim, self.width, self.depth, self.time_embed_dim) < 1:
+        if min(self.clip_embed_dim, self.width, self.depth, self.time_embed_dim) < 1:
             raise ValueError(f"Prior dimensions must be positive: {self}.")
         if self.use_text_encodings and min(self.text_len, self.text_width) < 1:
             raise ValueError("use_text_encodings needs text_len >= 1 and text_width >= 1.")
@@ -145,9 +145,9 @@ def dummy_inputs(config: PriorConfig, batch: int = 1) -> tuple[jax.Array | None,
         tokens = jnp.zeros((batch, config.text_len, config.text_width), jnp.float32)
         mask = jnp.ones((batch, config.text_len), bool)
     return (
-        jnp.zeros((batch, config.clip_dim), jnp.float32),
+        jnp.zeros((batch, config.clip_embed_dim), jnp.float32),
         jnp.zeros((batch,), jnp.int32),
-        jnp.zeros((batch, config.clip_dim), jnp.float32),
+        jnp.zeros((batch, config.clip_embed_dim), jnp.float32),
         tokens,
         mask,
         jnp.zeros((batch,), bool),
@@ -263,7 +263,7 @@ class DiffusionPrior(nn.Module):
         hidden = layer_norm(cfg.layer_norm_eps, name="final_layer_norm")(x[:, : cfg.seq_len])
         hidden = nn.with_logical_constraint(hidden, ACTIVATION_AXES)
         self.sow("intermediates", "hidden", hidden)
-        out = dense(cfg.clip_dim, ("embed", None), dtype=jnp.float32, name="out_proj")
+        out = dense(cfg.clip_embed_dim, ("embed", None), dtype=jnp.float32, name="out_proj")
         return out(hidden[:, -1]).astype(jnp.float32)
 
     def _blocks(self) -> nn.Module:
@@ -289,7 +289,7 @@ class DiffusionPrior(nn.Module):
 
     def _check_inputs(self, x_t, t, text_embed, text_tokens, text_mask) -> None:
         cfg = self.config
-        B, D = x_t.shape[0], cfg.clip_dim
+        B, D = x_t.shape[0], cfg.clip_embed_dim
         expected = {"x_t": (B, D), "t": (B,), "text_embed": (B, D)}
         got = {"x_t": x_t.shape, "t": t.shape, "text_embed": text_embed.shape}
         if cfg.use_text_encodings:
@@ -307,7 +307,7 @@ class DiffusionPrior(nn.Module):
             if tuple(got[name]) != shape:
                 raise ValueError(
                     f"Prior input {name} has shape {tuple(got[name])}, expected "
-                    f"{shape} (clip_dim={D}, text_len={cfg.text_len}, "
+                    f"{shape} (clip_embed_dim={D}, text_len={cfg.text_len}, "
                     f"text_width={cfg.text_width})."
                 )
 

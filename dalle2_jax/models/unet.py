@@ -58,7 +58,7 @@ class UNetConfig:
         which also drops ADM's middle attention (fully convolutional upsamplers).
     clip_embed_dim: width of the CLIP image embedding; None = not conditioned on CLIP.
     num_clip_tokens: context tokens projected from the CLIP embedding (unCLIP: 4).
-    text_embed_dim: width W_text of caption token encodings [B, L, W_text]; None = no text.
+    text_width: width W_text of caption token encodings [B, L, W_text]; None = no text.
     context_dim: width of context tokens (GLIDE's xf_width, the encoder_kv input width).
     text_encoder_layers / text_encoder_heads: GLIDE text transformer on the caption tokens
         (0 layers = linear projection + LayerNorm only).
@@ -85,7 +85,7 @@ class UNetConfig:
     resblock_updown: bool = True
     clip_embed_dim: int | None = None
     num_clip_tokens: int = 4
-    text_embed_dim: int | None = None
+    text_width: int | None = None
     context_dim: int = 512
     text_encoder_layers: int = 0
     text_encoder_heads: int = 8
@@ -177,7 +177,7 @@ class UNetConfig:
     def has_context(self) -> bool:
         """Whether attention layers read context tokens (CLIP tokens and/or caption)."""
         clip_tokens = self.clip_embed_dim is not None and self.num_clip_tokens > 0
-        return clip_tokens or self.text_embed_dim is not None
+        return clip_tokens or self.text_width is not None
 
     @property
     def model_out_channels(self) -> int:
@@ -190,8 +190,8 @@ class UNet(nn.Module):
     x: noisy images [B, H, W, in_channels]; t: integer or float timesteps [B] (or a scalar).
     clip_embed [B, clip_embed_dim]: required iff config.clip_embed_dim is set (pass zeros for
         the unconditional branch of classifier-free guidance, as unCLIP drops it).
-    text_tokens [B, L, text_embed_dim], text_mask [B, L] (True = real token, default all True):
-        required iff config.text_embed_dim is set; an all-False mask drops the caption.
+    text_tokens [B, L, text_width], text_mask [B, L] (True = real token, default all True):
+        required iff config.text_width is set; an all-False mask drops the caption.
     low_res [B, h, w, low_res_channels]: required iff config.low_res_channels is set.
     train: enables dropout (rng collection 'dropout').
     """
@@ -368,18 +368,18 @@ class UNet(nn.Module):
         cfg = self.config
         tokens, masks = [], []
 
-        if cfg.text_embed_dim is None:
+        if cfg.text_width is None:
             if text_tokens is not None or text_mask is not None:
                 raise ValueError(
-                    "text_tokens given, but config.text_embed_dim is None "
+                    "text_tokens given, but config.text_width is None "
                     "(this U-Net is not text-conditioned)"
                 )
         else:
-            expected = f"[B={batch}, L, {cfg.text_embed_dim}]"
+            expected = f"[B={batch}, L, {cfg.text_width}]"
             if text_tokens is None:
                 raise ValueError(f"this U-Net is text-conditioned: pass text_tokens {expected}")
             shape = text_tokens.shape
-            if len(shape) != 3 or shape[0] != batch or shape[-1] != cfg.text_embed_dim:
+            if len(shape) != 3 or shape[0] != batch or shape[-1] != cfg.text_width:
                 raise ValueError(f"text_tokens must be {expected}, got {text_tokens.shape}")
             length = text_tokens.shape[1]
             if text_mask is None:
@@ -473,7 +473,7 @@ def decoder_3p5b() -> UNetConfig:
         dropout=0.1,
         clip_embed_dim=768,
         num_clip_tokens=4,
-        text_embed_dim=768,
+        text_width=768,
         context_dim=2048,
         text_encoder_layers=24,
         text_encoder_heads=32,
@@ -516,7 +516,7 @@ def tiny_decoder() -> UNetConfig:
         num_head_channels=16,
         clip_embed_dim=16,
         num_clip_tokens=4,
-        text_embed_dim=24,
+        text_width=24,
         context_dim=32,
         text_encoder_layers=1,
         text_encoder_heads=2,

@@ -160,7 +160,7 @@ class DecoderStage(Stage):
 
     @property
     def uses_text(self) -> bool:
-        return self.unet_config.text_embed_dim is not None
+        return self.unet_config.text_width is not None
 
     # -- training ------------------------------------------------------------------------------
 
@@ -173,7 +173,7 @@ class DecoderStage(Stage):
         if self.uses_text:
             length = self.config.data.text_len
             spec["text_tokens"] = jax.ShapeDtypeStruct(
-                (length, self.unet_config.text_embed_dim), jnp.float16
+                (length, self.unet_config.text_width), jnp.float16
             )
             spec["text_mask"] = jax.ShapeDtypeStruct((length,), jnp.bool_)
         return spec
@@ -197,7 +197,7 @@ class DecoderStage(Stage):
         if split not in ("train", "eval"):
             raise ValueError(f"Unknown split {split!r}; the decoder has 'train' and 'eval'.")
         if d.get("source", "shapes") == "synthetic":
-            dims = (d.text_len, self.unet_config.text_embed_dim) if self.uses_text else (0, 0)
+            dims = (d.text_len, self.unet_config.text_width) if self.uses_text else (0, 0)
             return SyntheticDecoderSource(
                 self.config.seed + (split == "eval"),
                 d.image_size,
@@ -227,7 +227,7 @@ class DecoderStage(Stage):
                 raise ValueError(
                     f"Embeddings in {shards.directory} have {name} of shape {shape}, but the "
                     f"config expects {spec[name].shape}: set config.model.clip_embed_dim / "
-                    "text_embed_dim and config.data.text_len to match."
+                    "text_width and config.data.text_len to match."
                 )
 
     def _apply(self, params, x, t, cond, train: bool = False, rng=None):
@@ -265,7 +265,7 @@ class DecoderStage(Stage):
             batch["image"],
             key_diffusion,
             prediction=self.prediction,
-            learned_variance=True,
+            variance="learned_range",
             **diffusion.loss_options_from(self.config.diffusion),
         )
         return jnp.mean(losses), {
@@ -292,7 +292,7 @@ class DecoderStage(Stage):
             cond,
             null,
             guidance_scale,
-            learned_variance=True,
+            variance="learned_range",
         )
 
     def _sample_program(
@@ -334,13 +334,13 @@ class DecoderStage(Stage):
             if text_tokens is not None:
                 raise ValueError(
                     "text_tokens given, but this decoder has no text conditioning "
-                    "(config.model.text_embed_dim is None)."
+                    "(config.model.text_width is None)."
                 )
             return None, None
         b, length, width = (
             image_embed.shape[0],
             self.config.data.text_len,
-            self.unet_config.text_embed_dim,
+            self.unet_config.text_width,
         )
         if text_tokens is None:  # caption dropped: the image embedding alone
             return jnp.zeros((b, length, width), jnp.float32), jnp.zeros((b, length), bool)
@@ -409,7 +409,7 @@ class DecoderStage(Stage):
             images,
             num_steps=num_steps,
             prediction=self.prediction,
-            learned_variance=True,
+            variance="learned_range",
         )
 
     # -- evaluation ----------------------------------------------------------------------------
@@ -447,7 +447,7 @@ class DecoderStage(Stage):
             batch["image"],
             key,
             prediction=self.prediction,
-            learned_variance=True,
+            variance="learned_range",
             t=t,
         )
         return jnp.mean(terms["mse"]), jnp.mean(terms["vlb"])

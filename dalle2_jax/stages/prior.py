@@ -50,8 +50,8 @@ def prior_config_from(cfg: ml_collections.ConfigDict) -> PriorConfig:
 def prior_batch_spec(config: PriorConfig) -> dict[str, jax.ShapeDtypeStruct]:
     """One example: embeddings [D] f32; caption tokens [L, W] f16 and mask [L] if used."""
     spec = {
-        "text_embed": jax.ShapeDtypeStruct((config.clip_dim,), jnp.float32),
-        "image_embed": jax.ShapeDtypeStruct((config.clip_dim,), jnp.float32),
+        "text_embed": jax.ShapeDtypeStruct((config.clip_embed_dim,), jnp.float32),
+        "image_embed": jax.ShapeDtypeStruct((config.clip_embed_dim,), jnp.float32),
     }
     if config.use_text_encodings:
         spec["text_tokens"] = jax.ShapeDtypeStruct(
@@ -81,7 +81,7 @@ def check_batch(
             raise ValueError(
                 f"Prior input {name} has shape {shape}, expected "
                 f"{('[batch], ' if batched else '')}{list(s.shape)}: the embeddings do not match "
-                "config.model (clip_dim, text_len, text_width)."
+                "config.model (clip_embed_dim, text_len, text_width)."
             )
         if batched:
             sizes.add(shape[0])
@@ -107,8 +107,8 @@ class PriorSource:
                 raise ValueError(
                     f"Embeddings in {shards.directory} have {name} of shape {found[name]} "
                     f"(CLIP model {meta.get('clip_model') or 'unknown'!r}), but the config "
-                    f"expects {s.shape}: set config.model clip_dim / text_len / text_width to "
-                    "match, or point config.data at embeddings of the right CLIP model."
+                    f"expects {s.shape}: set config.model clip_embed_dim / text_len / text_width "
+                    "to match, or point config.data at embeddings of the right CLIP model."
                 )
 
     def __len__(self) -> int:
@@ -163,7 +163,7 @@ class PriorStage(Stage):
 
     def _make_normalizer(self) -> EmbeddingNormalizer:
         cfg = self.config.get("embed_norm") or ml_collections.ConfigDict({"kind": "fixed"})
-        dim = self.prior_config.clip_dim
+        dim = self.prior_config.clip_embed_dim
         if cfg.kind not in NORMALIZATION_KINDS:
             raise ValueError(f"Unknown embed_norm.kind {cfg.kind!r}; use {NORMALIZATION_KINDS}.")
         if cfg.kind == "fixed":

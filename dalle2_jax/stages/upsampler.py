@@ -91,7 +91,7 @@ class UpsamplerStage(Stage):
             image_size=d.crop_size,
             low_res_channels=3,
             clip_embed_dim=None,
-            text_embed_dim=None,
+            text_width=None,
             learned_sigma=False,
         )
         if self.unet_config.attention_resolutions:

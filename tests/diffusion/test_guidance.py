@@ -71,7 +71,7 @@ class GuidanceTest(chex.TestCase):
         ref_cond, ref_uncond = (np.asarray(model_fn(x, t, c)) for c in (cond, full_null))
         guided = self.variant(
             lambda x, t: diffusion.classifier_free_guidance(
-                model_fn, cond, null, 2.0, learned_variance=True
+                model_fn, cond, null, 2.0, variance="learned_range"
             )(x, t)
         )
         out = np.asarray(guided(x, t))

@@ -198,7 +198,7 @@ def test_vlb_term_matches_numpy():
         F32(x0),
         jax.random.key(0),
         prediction="eps",
-        learned_variance=True,
+        variance="learned_range",
         t=jnp.asarray(t),
         noise=F32(noise),
     )
@@ -223,7 +223,7 @@ def test_hybrid_loss_stop_gradient_on_mean():
             F32(x0),
             jax.random.key(0),
             prediction="v",
-            learned_variance=True,
+            variance="learned_range",
             t=jnp.asarray(t),
             noise=F32(noise),
         )
@@ -255,5 +255,5 @@ def test_learned_variance_needs_twice_the_channels():
             jnp.zeros((2, 3)),
             jax.random.key(0),
             prediction="eps",
-            learned_variance=True,
+            variance="learned_range",
         )

@@ -107,7 +107,7 @@ def test_model_configs_check_their_attention():
 
 def _init_prior(attention: str) -> None:
     cfg = PriorConfig(
-        clip_dim=16, text_len=3, text_width=8, width=16, depth=1, heads=2,
+        clip_embed_dim=16, text_len=3, text_width=8, width=16, depth=1, heads=2,
         dtype="bfloat16", attention=attention,
     )  # fmt: skip
     jax.eval_shape(lambda: DiffusionPrior(cfg).init(jax.random.key(0), *dummy_inputs(cfg)))
@@ -117,7 +117,7 @@ def _init_decoder_unet(attention: str) -> None:
     """A U-Net attending at 8 px to its own positions and to caption tokens (as the decoder)."""
     cfg = UNetConfig(
         image_size=8, model_channels=32, channel_mult=(1,), num_res_blocks=1,
-        attention_resolutions=(8,), num_head_channels=16, clip_embed_dim=16, text_embed_dim=8,
+        attention_resolutions=(8,), num_head_channels=16, clip_embed_dim=16, text_width=8,
         context_dim=32, text_encoder_layers=1, dtype="bfloat16", attention=attention,
     )  # fmt: skip
     x, t = jnp.zeros((2, 8, 8, 3)), jnp.zeros((2,), jnp.int32)

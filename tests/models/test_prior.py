@@ -24,7 +24,14 @@ from dalle2_jax.train.sharding import DEFAULT_RULES
 
 D, L, W = 8, 5, 6
 TINY = PriorConfig(
-    clip_dim=D, text_len=L, text_width=W, width=32, depth=2, heads=4, mlp_dim=64, time_embed_dim=16
+    clip_embed_dim=D,
+    text_len=L,
+    text_width=W,
+    width=32,
+    depth=2,
+    heads=4,
+    mlp_dim=64,
+    time_embed_dim=16,
 )
 
 

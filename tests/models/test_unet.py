@@ -30,8 +30,8 @@ def _inputs(cfg: UNetConfig, seed: int = 0, size: int = SIZE, batch: int = BATCH
     }
     if cfg.clip_embed_dim:
         kw["clip_embed"] = jax.random.normal(keys[1], (batch, cfg.clip_embed_dim))
-    if cfg.text_embed_dim:
-        kw["text_tokens"] = jax.random.normal(keys[2], (batch, TEXT_LEN, cfg.text_embed_dim))
+    if cfg.text_width:
+        kw["text_tokens"] = jax.random.normal(keys[2], (batch, TEXT_LEN, cfg.text_width))
         lengths = jnp.where(jnp.arange(batch) % 2, 3, TEXT_LEN)  # odd rows: 3 padded tokens
         kw["text_mask"] = jnp.arange(TEXT_LEN)[None, :] < lengths[:, None]
     if cfg.low_res_channels:

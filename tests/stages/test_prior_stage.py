@@ -66,7 +66,7 @@ def prior_config(train_dir, eval_dir, **model) -> ml_collections.ConfigDict:
     config.checkpoint.async_save = False
     config.model = ml_collections.ConfigDict(
         {
-            "clip_dim": D,
+            "clip_embed_dim": D,
             "text_len": L,
             "text_width": W,
             "width": 32,
@@ -326,7 +326,7 @@ def test_mismatched_inputs_raise_clear_errors(dirs, tmp_path):
     wrong = tmp_path / "wrong_dim"
     write(wrong, synthetic(10, seed=9, dim=D + 2), shard_size=10)
     stage = get_stage(prior_config(wrong, dirs / "eval"))
-    with pytest.raises(ValueError, match="clip_dim"):
+    with pytest.raises(ValueError, match="clip_embed_dim"):
         stage.source("train")
     stage = get_stage(prior_config(None, dirs / "eval"))
     with pytest.raises(ValueError, match="embeddings_dir"):

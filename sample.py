@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 from dalle2_jax.data.transforms import resize_and_center_crop, to_float, to_rgb
-from dalle2_jax.pipeline import SampleOptions, StageNotTrainedError, UnCLIP
+from dalle2_jax.pipeline import SampleOptions, UnCLIP
 from dalle2_jax.visualize import make_grid, save_png
 
 
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         run(args)
-    except (StageNotTrainedError, ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError) as e:  # StageNotTrainedError is a FileNotFoundError
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -23,6 +23,11 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # library chatter (orbax, grain) off
     std_logging.getLogger("dalle2_jax").setLevel(std_logging.INFO)
     config = FLAGS.config
+    # Recorded in each stage's config.json, so "train it with ..." messages name this file.
+    config_file = config_flags.get_config_filename(FLAGS["config"]).split(":")[0]
+    for stage_config in config.stages.values() if config.get("cascade") else [config]:
+        with stage_config.unlocked():
+            stage_config.config_file = config_file
     if config.get("cascade"):
         train_cascade(config, FLAGS.workdir)
     else:

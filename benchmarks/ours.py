@@ -25,6 +25,7 @@ from configs import common
 from configs.prior_paper import base_prior_config
 from dalle2_jax import stages
 from dalle2_jax.stages.base import Stage
+from dalle2_jax.train.flops import cost_flops, model_flops
 from dalle2_jax.train.optimizer import make_optimizer
 from dalle2_jax.train.state import TrainState, num_params
 from dalle2_jax.train.step import make_train_step
@@ -219,30 +220,6 @@ def random_batch(stage: Stage, batch: int, seed: int = 0) -> dict[str, jax.Array
     return out
 
 
-def _flops(program: Any) -> float:
-    """FLOPs by XLA's cost analysis of a lowered or compiled program (0 where not reported)."""
-    try:
-        cost = program.cost_analysis()
-    except NotImplementedError:
-        return 0.0
-    if isinstance(cost, list | tuple):
-        cost = cost[0] if cost else {}
-    return float((cost or {}).get("flops", 0.0))
-
-
-def model_flops(fn: Any, *args: Any) -> float:
-    """FLOPs of `fn(*args)`: XLA's cost analysis of the program as traced, before the backend
-    optimises it, so the same on every platform. It is lowered for the host CPU because GPU
-    backends analyse no lowered program, and their compiled counts miss the work in cuBLAS
-    and cuDNN calls."""
-    cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
-
-    def abstract(x: Any) -> jax.ShapeDtypeStruct:
-        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=cpu)
-
-    return _flops(jax.jit(fn).lower(*jax.tree.map(abstract, args)))
-
-
 def _xla_memory_bytes(compiled: Any) -> int | None:
     """Arguments + outputs + temporaries - donated aliases of a compiled program."""
     try:
@@ -319,7 +296,7 @@ class TrainRunner:
             "batch": self.spec["batch"],
             "compile_s": compile_s,
             "flops_per_step": model_flops(step, self.state, self.batch, self.key),
-            "compiled_flops_per_step": _flops(self.compiled),
+            "compiled_flops_per_step": cost_flops(self.compiled),
             "xla_memory_bytes": _xla_memory_bytes(self.compiled),
         }
 
@@ -379,11 +356,11 @@ class SampleRunner:
     def _prior(self, key: jax.Array) -> jax.Array:
         stage, params = self._stage("prior")
         spec = self.size["prior"]
+        text = {"text_embed": self.text_embed, "text_tokens": self.text_tokens}
+        text["text_mask"] = self.text_mask
         return stage.sample(
             params,
-            self.text_embed,
-            self.text_tokens,
-            self.text_mask,
+            text,
             key,
             num_steps=spec["sample_steps"],
             sampler="ddim",
@@ -393,12 +370,12 @@ class SampleRunner:
 
     def _decoder(self, image_embed: jax.Array, key: jax.Array) -> jax.Array:
         stage, params = self._stage("decoder")
+        cond = {"image_embed": image_embed, "text_tokens": self.text_tokens}
+        cond["text_mask"] = self.text_mask
         return stage.sample(
             params,
-            image_embed,
+            cond,
             key,
-            text_tokens=self.text_tokens,
-            text_mask=self.text_mask,
             num_steps=self.size["decoder"]["sample_steps"],
             sampler="ddim",
             guidance_scale=1.0,
@@ -407,7 +384,7 @@ class SampleRunner:
     def _upsampler(self, low_res: jax.Array, key: jax.Array) -> jax.Array:
         stage, params = self._stage("upsampler")
         steps = self.size["upsampler"]["sample_steps"]
-        return stage.sample(params, low_res, key, num_steps=steps, sampler="ddim")
+        return stage.sample(params, {"low_res": low_res}, key, num_steps=steps, sampler="ddim")
 
     def _once(self, key: jax.Array) -> jax.Array:
         k1, k2, k3 = jax.random.split(key, 3)

@@ -16,6 +16,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.log_every = 10
     config.eval_every = 0  # 0: no periodic evaluation
     config.progress_bar = True
+    # Dense bf16 peak TFLOP/s per device for the logged MFU; 0: the data-sheet figure of the
+    # device kind (`dalle2_jax.train.flops.PEAK_TFLOPS`), no MFU where unknown (CPU).
+    config.peak_tflops = 0.0
     # Mesh axes (data, fsdp, tensor); one may be -1 to use the remaining devices.
     config.mesh = ml_collections.ConfigDict(
         {"data": -1, "fsdp": 1, "tensor": 1, "num_devices": 0}  # num_devices 0: all

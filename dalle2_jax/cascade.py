@@ -16,8 +16,8 @@ from pathlib import Path
 import jax
 import ml_collections
 
-from dalle2_jax.data.precompute import precompute_embeddings
 from dalle2_jax.data.shapes import ShapesSource
+from dalle2_jax.precompute import precompute_embeddings
 from dalle2_jax.train.loop import train_and_evaluate
 
 log = logging.getLogger(__name__)

@@ -7,12 +7,10 @@ condition on. The encoding program is jitted once and runs data-parallel over lo
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import jax
-import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
@@ -53,22 +51,13 @@ class ClipEncoder:
     @classmethod
     def from_clip_workdir(cls, workdir: str | Path) -> ClipEncoder:
         """EMA weights of the CLIP stage trained by `train.py` under `workdir` (its `clip/`)."""
-        from dalle2_jax.stages.clip import TOKENIZER_FILE, clip_config_from
-        from dalle2_jax.train.loop import restore_train_state
+        from dalle2_jax.train.restore import load_stage
 
-        stage_dir = Path(workdir) / "clip"
-        config_file = stage_dir / "config.json"
-        if not config_file.is_file():
-            raise FileNotFoundError(
-                f"No trained CLIP stage in {stage_dir}: train it first with "
-                f"`python train.py --config configs/shapes.py:clip --workdir {workdir}`."
-            )
-        config = ml_collections.ConfigDict(json.loads(config_file.read_text()))
-        config.mesh.num_devices = 0
-        tokenizer = load_tokenizer(stage_dir / TOKENIZER_FILE, config.model.text.context_length)
-        state = restore_train_state(config, workdir)
-        clip_config = clip_config_from(config.model, tokenizer)
-        return cls(clip_config, state.ema_params, tokenizer, name=f"clip-stage:{stage_dir}")
+        trained = load_stage(workdir, "clip")
+        clip = trained.stage
+        return cls(
+            clip.clip_config, trained.params, clip.tokenizer, name=f"clip-stage:{clip.workdir}"
+        )
 
     @classmethod
     def from_hf(cls, path: str | Path, **overrides) -> ClipEncoder:

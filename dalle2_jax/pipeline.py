@@ -10,68 +10,21 @@ difference of two captions' text embeddings), as in the paper's figures.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
-from dalle2_jax import stages
 from dalle2_jax.encoders import ClipEncoder
-from dalle2_jax.train.checkpoint import Checkpointer
-from dalle2_jax.train.loop import restore_train_state
+from dalle2_jax.train.restore import StageNotTrainedError, TrainedStage, load_stage
 from dalle2_jax.visualize import to_uint8
 
 log = logging.getLogger(__name__)
 
-TRAIN_COMMAND = "python train.py --config configs/shapes.py:{stage} --workdir {workdir}"
-
-
-class StageNotTrainedError(RuntimeError):
-    """A stage the pipeline needs has no checkpoint in the workdir."""
-
-
-@dataclasses.dataclass
-class LoadedStage:
-    stage: stages.Stage
-    params: object
-    step: int
-
-
-def load_stage(workdir: str | Path, name: str) -> LoadedStage:
-    """The stage `name` under `workdir` with its latest EMA params; a clear error if it was
-    never trained, a warning if it stopped before `num_steps`."""
-    stage_dir = Path(workdir) / name
-    command = TRAIN_COMMAND.format(stage=name, workdir=workdir)
-    config_file = stage_dir / "config.json"
-    if not config_file.is_file():
-        raise StageNotTrainedError(
-            f"Stage '{name}' is not trained in {workdir}. Train it: {command}"
-        )
-    config = ml_collections.ConfigDict(json.loads(config_file.read_text()))
-    config.mesh.num_devices = 0
-    checkpointer = Checkpointer(stage_dir / "checkpoints", async_save=False)
-    latest = checkpointer.latest_step()
-    checkpointer.close()
-    if latest is None:
-        raise StageNotTrainedError(
-            f"Stage '{name}' in {workdir} has no checkpoint yet. Train it: {command}"
-        )
-    if latest < config.num_steps:
-        log.warning(
-            "Stage '%s' is half-trained (step %d of %d); samples will be poor. "
-            "Continue training: %s",
-            name,
-            latest,
-            config.num_steps,
-            command,
-        )
-    state = restore_train_state(config, workdir)
-    return LoadedStage(stages.get_stage(config, stage_dir), state.ema_params, latest)
+__all__ = ["SampleOptions", "StageNotTrainedError", "UnCLIP", "load_stage", "slerp"]
 
 
 def slerp(a: np.ndarray, b: np.ndarray, weights: Sequence[float]) -> np.ndarray:
@@ -88,6 +41,8 @@ def slerp(a: np.ndarray, b: np.ndarray, weights: Sequence[float]) -> np.ndarray:
 
 @dataclasses.dataclass
 class SampleOptions:
+    """Per-stage sampling options (None: the stage's `config.sample`, then its defaults)."""
+
     prior_steps: int | None = None
     prior_sampler: str | None = None
     prior_guidance: float | None = None
@@ -98,14 +53,32 @@ class SampleOptions:
     upsampler_steps: int | None = None
     upsampler_sampler: str | None = None
 
+    def prior(self) -> dict:
+        return dict(
+            num_steps=self.prior_steps,
+            sampler=self.prior_sampler,
+            guidance_scale=self.prior_guidance,
+            best_of=self.best_of,
+        )
+
+    def decoder(self) -> dict:
+        return dict(
+            num_steps=self.decoder_steps,
+            sampler=self.decoder_sampler,
+            guidance_scale=self.decoder_guidance,
+        )
+
+    def upsampler(self) -> dict:
+        return dict(num_steps=self.upsampler_steps, sampler=self.upsampler_sampler)
+
 
 class UnCLIP:
     def __init__(
         self,
         encoder: ClipEncoder,
-        prior: LoadedStage | None,
-        decoder: LoadedStage,
-        upsamplers: Sequence[LoadedStage] = (),
+        prior: TrainedStage | None,
+        decoder: TrainedStage,
+        upsamplers: Sequence[TrainedStage] = (),
     ):
         self.encoder, self.prior, self.decoder = encoder, prior, decoder
         self.upsamplers = list(upsamplers)
@@ -114,12 +87,6 @@ class UnCLIP:
     def from_workdir(cls, workdir: str | Path, upsamplers: Sequence[str] = ("upsampler",)):
         """Every stage trained under `workdir`; upsamplers that were never trained are
         skipped with a warning (the decoder's resolution is then the output)."""
-        clip_dir = Path(workdir) / "clip"
-        if not (clip_dir / "config.json").is_file():
-            raise StageNotTrainedError(
-                f"Stage 'clip' is not trained in {workdir}. Train it: "
-                + TRAIN_COMMAND.format(stage="clip", workdir=workdir)
-            )
         encoder = ClipEncoder.from_clip_workdir(workdir)
         loaded = []
         for name in upsamplers:
@@ -131,47 +98,28 @@ class UnCLIP:
 
     # -- building blocks ------------------------------------------------------------------
 
-    def _text_inputs(self, text: dict) -> dict:
-        if not getattr(self.decoder.stage, "uses_text", False):
-            return {}
-        return {"text_tokens": text["text_tokens"], "text_mask": text["text_mask"]}
+    def _decoder_cond(self, image_embed, text: dict | None) -> dict:
+        cond = {"image_embed": image_embed}
+        if text is not None and self.decoder.stage.reads_text:
+            cond.update(text_tokens=text["text_tokens"], text_mask=text["text_mask"])
+        return cond
 
     def decode(self, image_embed, text: dict | None, key, opts: SampleOptions, x_T=None):
         """CLIP image embeddings -> images in [-1, 1] at the final resolution."""
         key, sub = jax.random.split(key)
+        cond = self._decoder_cond(image_embed, text)
         images = self.decoder.stage.sample(
-            self.decoder.params,
-            image_embed,
-            sub,
-            **(self._text_inputs(text) if text is not None else {}),
-            num_steps=opts.decoder_steps,
-            sampler=opts.decoder_sampler,
-            guidance_scale=opts.decoder_guidance,
-            x_T=x_T,
+            self.decoder.params, cond, sub, x_T=x_T, **opts.decoder()
         )
         for i, up in enumerate(self.upsamplers):
             images = up.stage.sample(
-                up.params,
-                images,
-                jax.random.fold_in(key, i),
-                num_steps=opts.upsampler_steps,
-                sampler=opts.upsampler_sampler,
+                up.params, {"low_res": images}, jax.random.fold_in(key, i), **opts.upsampler()
             )
         return images
 
     def image_embeddings(self, prompts: Sequence[str], key, opts: SampleOptions):
         text = self.encoder.encode_text(prompts)
-        embed = self.prior.stage.sample(
-            self.prior.params,
-            text["text_embed"],
-            text["text_tokens"],
-            text["text_mask"],
-            key,
-            num_steps=opts.prior_steps,
-            sampler=opts.prior_sampler,
-            guidance_scale=opts.prior_guidance,
-            best_of=opts.best_of,
-        )
+        embed = self.prior.stage.sample(self.prior.params, text, key, **opts.prior())
         return embed, text
 
     # -- what users run -------------------------------------------------------------------
@@ -213,7 +161,7 @@ class UnCLIP:
     def _inverted_latent(self, image: np.ndarray, embed: np.ndarray, repeat: int) -> jax.Array:
         size = self.decoder.stage.config.data.image_size
         low = jax.image.resize(jnp.asarray(image), (size, size, 3), "cubic", antialias=True)
-        x_T = self.decoder.stage.invert(self.decoder.params, low[None], embed)
+        x_T = self.decoder.stage.invert(self.decoder.params, low[None], {"image_embed": embed})
         return jnp.repeat(x_T, repeat, axis=0)
 
     def interpolate(

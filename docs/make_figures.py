@@ -20,7 +20,7 @@ from dalle2_jax.data.embeddings import EmbeddingShards
 from dalle2_jax.data.shapes import ShapesSource
 from dalle2_jax.data.shapes_render import render
 from dalle2_jax.data.transforms import to_float
-from dalle2_jax.pipeline import load_stage
+from dalle2_jax.train.restore import load_stage
 from dalle2_jax.visualize import make_grid, save_png, to_uint8
 
 
@@ -37,7 +37,7 @@ def main() -> None:
     source = ShapesSource(seed=decoder.stage.config.seed, image_size=size, split="eval")
     idx = list(range(args.num))
     embeds = np.stack([shards[i]["image_embed"] for i in idx])
-    samples = to_uint8(decoder.stage.sample(decoder.params, embeds, key))
+    samples = to_uint8(decoder.stage.sample(decoder.params, {"image_embed": embeds}, key))
     truth = np.stack([render(source.scene(i), size) for i in idx])
     grid = make_grid(np.concatenate([truth, samples]), ncols=args.num, scale=3)
     save_png(grid, Path(args.out) / "decoder_samples.png")
@@ -46,7 +46,7 @@ def main() -> None:
     factor, big = up.stage.config.data.factor, up.stage.config.data.image_size
     scenes = [source.scene(i) for i in idx]
     low = np.stack([to_float(render(s, big // factor)) for s in scenes])
-    high = to_uint8(up.stage.sample(up.params, low, key))
+    high = to_uint8(up.stage.sample(up.params, {"low_res": low}, key))
     enlarged = np.repeat(np.repeat(to_uint8(low), factor, axis=1), factor, axis=2)
     truth_big = np.stack([render(s, big) for s in scenes])
     grid = make_grid(np.concatenate([enlarged, high, truth_big]), ncols=args.num, scale=2)

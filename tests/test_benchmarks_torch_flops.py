@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.ours import model_flops
 from benchmarks.torch_flops import flop_counter, valid_taps
+from dalle2_jax.train.flops import model_flops
 
 
 @pytest.mark.parametrize(

@@ -172,4 +172,4 @@ def test_decoder_probe_command(workdir, tmp_path, capsys):
         assert set(result[split]["generated"]) == {"color", "shape", "size", "position"}
         assert result[split]["ground_truth"]["shape"] == 1.0
     assert decoder_probe.main(["--workdir", str(tmp_path / "none")]) == 1
-    assert "No trained CLIP stage" in capsys.readouterr().err
+    assert "Stage 'clip' is not trained" in capsys.readouterr().err

@@ -42,7 +42,8 @@ from dalle2_jax.evaluation.shapes_eval import (
     evaluate_shapes,
     evaluation_prompts,
 )
-from dalle2_jax.pipeline import SampleOptions, StageNotTrainedError, UnCLIP, load_stage
+from dalle2_jax.pipeline import SampleOptions, UnCLIP
+from dalle2_jax.train.restore import load_stage
 from dalle2_jax.visualize import to_uint8
 
 
@@ -91,9 +92,8 @@ def probe_denoising(
         truth = np.stack([to_float(render(s, clip_size)) for s in scenes])
         encoded = pipe.encoder.encode(truth, captions)
         x0, noise = _truth_and_noise(scenes, size, seed, i)
-        model = stage.conditional_fn(
-            params, encoded["image_embed"], *_text_args(stage, encoded), guidance_scale=1.0
-        )
+        text = (encoded["text_tokens"], encoded["text_mask"]) if stage.reads_text else (None, None)
+        model = stage.conditional_fn(params, encoded["image_embed"], *text, guidance_scale=1.0)
         result[name] = {}
         for t_value in timesteps:
             t = jnp.full((len(scenes),), int(t_value), jnp.int32)
@@ -152,12 +152,6 @@ def _truth_and_noise(
     return x0, noise
 
 
-def _text_args(stage, encoded: dict) -> tuple:
-    if not getattr(stage, "uses_text", False):
-        return (None, None)
-    return (encoded["text_tokens"], encoded["text_mask"])
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workdir", required=True, type=Path, help="trained clip/ and decoder/")
@@ -178,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         encoder = ClipEncoder.from_clip_workdir(args.workdir)
         decoder = load_stage(args.workdir, "decoder")
         upsamplers = [load_stage(args.workdir, "upsampler")] if args.upsample else []
-    except (FileNotFoundError, StageNotTrainedError) as e:
+    except FileNotFoundError as e:  # includes StageNotTrainedError
         print(f"error: {e}", file=sys.stderr)
         return 1
     opts = SampleOptions(

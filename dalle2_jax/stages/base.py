@@ -1,8 +1,14 @@
-"""The interface between a stage (CLIP, prior, decoder, upsampler) and the generic trainer.
+"""The interface of a stage (CLIP, prior, decoder, upsampler) to the trainer and the pipeline.
 
-The trainer knows nothing about CLIP or U-Nets: it asks a stage for boxed parameters, a loss,
-the shape of one example and a random-access source of examples, and does the rest (mesh,
-sharding, optimizer, EMA, checkpoints, logging, resume).
+Training: the trainer knows nothing about CLIP or U-Nets. It asks a stage for boxed
+parameters, a loss, the shape of one example and a random-access source of examples, and does
+the rest (mesh, sharding, optimizer, EMA, checkpoints, logging, resume).
+
+Sampling: the pipeline (`dalle2_jax.pipeline`) chains stages through `sample(params, cond, key,
+**options)`, where `cond` is a dict of batched arrays (the prior reads `text_embed` and, if
+`reads_text`, `text_tokens` / `text_mask`; the decoder `image_embed` and the same text keys;
+an upsampler `low_res`), and `invert` for stages that can map a sample back to its noise.
+Options left unset come from `config.sample`, then from the stage's `sample_defaults`.
 """
 
 from __future__ import annotations
@@ -10,7 +16,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import jax
 import ml_collections
@@ -32,6 +38,10 @@ class ExampleSource(Protocol):
 
 class Stage(abc.ABC):
     """One trainable part of unCLIP. Subclasses register themselves by name (see `stages`)."""
+
+    #: Sampling options and their defaults; `config.sample` overrides them, call arguments
+    #: override both (`sample_options`).
+    sample_defaults: ClassVar[Mapping[str, Any]] = {}
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str | Path | None = None):
         """`workdir` is the stage's own directory, for artifacts such as a trained tokenizer."""
@@ -62,3 +72,33 @@ class Stage(abc.ABC):
         """Optional evaluation metrics computed with (EMA) params; default: none."""
         del params, rng
         return {}
+
+    # -- sampling (stages the pipeline chains) --------------------------------------------------
+
+    @property
+    def reads_text(self) -> bool:
+        """Whether `sample` reads the caption's token encodings (`text_tokens`, `text_mask`)."""
+        return False
+
+    def sample_options(self, **given: Any) -> dict[str, Any]:
+        """`sample_defaults`, overridden by `config.sample`, overridden by the `given` options
+        that are not None. Unknown option names raise."""
+        configured = dict(self.config.get("sample") or {})
+        unknown = sorted((set(configured) | set(given)) - set(self.sample_defaults))
+        if unknown:
+            raise ValueError(
+                f"Unknown sampling options {unknown} for stage {self.config.stage!r}; "
+                f"known: {sorted(self.sample_defaults)}."
+            )
+        options = {**self.sample_defaults, **configured}
+        options.update({k: v for k, v in given.items() if v is not None})
+        return options
+
+    def sample(self, params: PyTree, cond: Mapping[str, Any], key: jax.Array, **options) -> Any:
+        """Samples [B, ...] for the batched conditioning `cond` (keys: see the module doc),
+        with `sample_options(**options)`. One compiled program per call."""
+        raise NotImplementedError(f"Stage {self.config.stage!r} does not sample.")
+
+    def invert(self, params: PyTree, x: Any, cond: Mapping[str, Any], **options) -> Any:
+        """The noise x_T from which deterministic sampling reproduces the samples `x`."""
+        raise NotImplementedError(f"Stage {self.config.stage!r} cannot invert its samples.")

@@ -30,7 +30,6 @@ from dalle2_jax.stages.base import ExampleSource, Stage
 from dalle2_jax.stages.upsampler import unet_config_from
 
 STAGE_ONLY_MODEL_FIELDS = ("image_drop_prob", "text_drop_prob")
-SAMPLE_DEFAULTS = {"num_steps": 64, "sampler": "ddpm", "guidance_scale": 3.0}
 
 
 class Decoder(nn.Module):
@@ -135,6 +134,8 @@ class DecoderSource:
 
 @register("decoder")
 class DecoderStage(Stage):
+    sample_defaults = {"num_steps": 64, "sampler": "ddpm", "guidance_scale": 3.0}
+
     def __init__(self, config: ml_collections.ConfigDict, workdir=None):
         super().__init__(config, workdir)
         model = {k: v for k, v in config.model.items() if k not in STAGE_ONLY_MODEL_FIELDS}
@@ -159,7 +160,7 @@ class DecoderStage(Stage):
         self._invert_jit = jax.jit(self._invert_program, static_argnames=("num_steps",))
 
     @property
-    def uses_text(self) -> bool:
+    def reads_text(self) -> bool:
         return self.unet_config.text_width is not None
 
     # -- training ------------------------------------------------------------------------------
@@ -170,7 +171,7 @@ class DecoderStage(Stage):
             "image": jax.ShapeDtypeStruct((s, s, 3), jnp.float32),
             "image_embed": jax.ShapeDtypeStruct((d,), jnp.float32),
         }
-        if self.uses_text:
+        if self.reads_text:
             length = self.config.data.text_len
             spec["text_tokens"] = jax.ShapeDtypeStruct(
                 (length, self.unet_config.text_width), jnp.float16
@@ -197,7 +198,7 @@ class DecoderStage(Stage):
         if split not in ("train", "eval"):
             raise ValueError(f"Unknown split {split!r}; the decoder has 'train' and 'eval'.")
         if d.get("source", "shapes") == "synthetic":
-            dims = (d.text_len, self.unet_config.text_width) if self.uses_text else (0, 0)
+            dims = (d.text_len, self.unet_config.text_width) if self.reads_text else (0, 0)
             return SyntheticDecoderSource(
                 self.config.seed + (split == "eval"),
                 d.image_size,
@@ -330,7 +331,7 @@ class DecoderStage(Stage):
                 f"image_embed must be [B, {d}] (the CLIP width this decoder was "
                 f"built for), got {image_embed.shape}."
             )
-        if not self.uses_text:
+        if not self.reads_text:
             if text_tokens is not None:
                 raise ValueError(
                     "text_tokens given, but this decoder has no text conditioning "
@@ -351,28 +352,17 @@ class DecoderStage(Stage):
             text_mask = jnp.ones(text_tokens.shape[:2], bool)
         return text_tokens, jnp.asarray(text_mask, bool)
 
-    def sample(
-        self,
-        params,
-        image_embed,
-        key,
-        *,
-        text_tokens=None,
-        text_mask=None,
-        num_steps: int | None = None,
-        sampler: str | None = None,
-        guidance_scale: float | None = None,
-        x_T: jax.Array | None = None,
-    ) -> jax.Array:
-        """Images [B, S, S, 3] in [-1, 1] for CLIP image embeddings [B, D] (and caption token
-        encodings [B, L, W] with mask [B, L]; omitted = caption dropped). "ddpm" uses the
-        learned variance; "ddim" drops it. `x_T` starts from a given latent (e.g. from
-        `invert`) instead of noise. Unset options come from `config.sample`."""
-        opts = {**SAMPLE_DEFAULTS, **dict(self.config.get("sample") or {})}
-        given = dict(num_steps=num_steps, sampler=sampler, guidance_scale=guidance_scale)
-        opts.update({k: v for k, v in given.items() if v is not None})
-        image_embed = jnp.asarray(image_embed, jnp.float32)
-        text_tokens, text_mask = self._check_inputs(image_embed, text_tokens, text_mask)
+    def sample(self, params, cond, key, *, x_T: jax.Array | None = None, **options) -> jax.Array:
+        """Images [B, S, S, 3] in [-1, 1] for `cond`: CLIP image embeddings image_embed [B, D]
+        and, if `reads_text`, caption token encodings text_tokens [B, L, W] with text_mask
+        [B, L] (omitted = caption dropped). Options: num_steps, sampler ("ddpm" uses the
+        learned variance, "ddim" and "dpm++2m" drop it), guidance_scale. `x_T` starts from a
+        given latent (e.g. from `invert`) instead of noise."""
+        opts = self.sample_options(**options)
+        image_embed = jnp.asarray(cond["image_embed"], jnp.float32)
+        text_tokens, text_mask = self._check_inputs(
+            image_embed, cond.get("text_tokens"), cond.get("text_mask")
+        )
         return self._sample_jit(
             params,
             image_embed,
@@ -385,16 +375,17 @@ class DecoderStage(Stage):
             x_T=None if x_T is None else jnp.asarray(x_T, jnp.float32),
         )
 
-    def invert(
-        self, params, images, image_embed, *, text_tokens=None, text_mask=None, num_steps=50
-    ) -> jax.Array:
-        """Deterministic DDIM inversion of images [B, S, S, 3] in [-1, 1] to the decoder latent
-        x_T under the conditional model; `sample(..., sampler="ddim", x_T=...)` maps it back."""
-        image_embed = jnp.asarray(image_embed, jnp.float32)
-        text_tokens, text_mask = self._check_inputs(image_embed, text_tokens, text_mask)
+    def invert(self, params, x, cond, *, num_steps: int = 50) -> jax.Array:
+        """Deterministic DDIM inversion of images x [B, S, S, 3] in [-1, 1] to the decoder
+        latent x_T under the conditional model (`cond` as for `sample`);
+        `sample(..., sampler="ddim", x_T=...)` maps it back."""
+        image_embed = jnp.asarray(cond["image_embed"], jnp.float32)
+        text_tokens, text_mask = self._check_inputs(
+            image_embed, cond.get("text_tokens"), cond.get("text_mask")
+        )
         return self._invert_jit(
             params,
-            jnp.asarray(images, jnp.float32),
+            jnp.asarray(x, jnp.float32),
             image_embed,
             text_tokens,
             text_mask,

@@ -34,7 +34,6 @@ from dalle2_jax.stages.base import Stage
 
 NORMALIZER_FILE = "embed_norm.json"
 STAGE_ONLY_MODEL_FIELDS = ("cond_drop_prob",)  # config.model fields that are not PriorConfig's
-SAMPLE_DEFAULTS = {"num_steps": 64, "sampler": "ddim", "guidance_scale": 1.0, "best_of": 2}
 
 
 def prior_config_from(cfg: ml_collections.ConfigDict) -> PriorConfig:
@@ -136,6 +135,8 @@ def select_best(candidates: jax.Array, text_embed: jax.Array) -> jax.Array:
 
 @register("prior")
 class PriorStage(Stage):
+    sample_defaults = {"num_steps": 64, "sampler": "ddim", "guidance_scale": 1.0, "best_of": 2}
+
     def __init__(self, config, workdir=None):
         super().__init__(config, workdir)
         self.prior_config = prior_config_from(config.model)
@@ -268,19 +269,21 @@ class PriorStage(Stage):
             return select_best(candidates, text_embed)
         return candidates / jnp.linalg.norm(candidates, axis=-1, keepdims=True)
 
-    def _sample_call(self, params, text_embed, text_tokens, text_mask, key, settings, select):
-        opts = {**SAMPLE_DEFAULTS, **dict(self.config.get("sample") or {})}
-        opts.update({k: v for k, v in settings.items() if v is not None})
-        inputs = {"text_embed": text_embed, "text_tokens": text_tokens, "text_mask": text_mask}
+    @property
+    def reads_text(self) -> bool:
+        return self.prior_config.use_text_encodings
+
+    def _sample_call(self, params, cond, key, options, select):
+        opts = self.sample_options(**options)
         spec = {k: v for k, v in self.batch_spec().items() if k != "image_embed"}
-        check_batch({k: v for k, v in inputs.items() if v is not None}, spec)
-        if not self.prior_config.use_text_encodings:
-            text_tokens = text_mask = None
+        check_batch({k: v for k, v in cond.items() if v is not None and k in spec}, spec)
+        text_tokens = cond.get("text_tokens") if self.reads_text else None
+        text_mask = cond.get("text_mask") if self.reads_text else None
         if int(opts["best_of"]) < 1:
             raise ValueError(f"best_of must be >= 1, got {opts['best_of']}.")
         return self._sample_jit(
             params,
-            jnp.asarray(text_embed, jnp.float32),
+            jnp.asarray(cond["text_embed"], jnp.float32),
             None if text_tokens is None else jnp.asarray(text_tokens),
             None if text_mask is None else jnp.asarray(text_mask, bool),
             key,
@@ -291,55 +294,21 @@ class PriorStage(Stage):
             select=select,
         )
 
-    def sample(
-        self,
-        params,
-        text_embed,
-        text_tokens,
-        text_mask,
-        key,
-        *,
-        num_steps=None,
-        sampler=None,
-        guidance_scale=None,
-        best_of=None,
-    ) -> jax.Array:
-        """Unit-norm image embeddings [B, D] for captions (text_embed [B, D], text_tokens
-        [B, L, W], text_mask [B, L]; tokens / mask may be None for a text-embedding-only prior).
+    def sample(self, params, cond, key, **options) -> jax.Array:
+        """Unit-norm image embeddings [B, D] for captions: `cond` holds text_embed [B, D] and,
+        if `reads_text`, text_tokens [B, L, W] and text_mask [B, L].
 
         Draws `best_of` embeddings per caption in one sampler call (the batch tiled `best_of`
         times) with classifier-free guidance at `guidance_scale`, and keeps the one with the
-        highest dot product with the text embedding. One jitted program per call; unset
-        options come from `config.sample` (defaults 64 DDIM steps, scale 1, best of 2).
+        highest dot product with the text embedding. Options: num_steps, sampler,
+        guidance_scale, best_of (`sample_options`).
         """
-        settings = dict(
-            num_steps=num_steps, sampler=sampler, guidance_scale=guidance_scale, best_of=best_of
-        )
-        return self._sample_call(
-            params, text_embed, text_tokens, text_mask, key, settings, select=True
-        )
+        return self._sample_call(params, cond, key, options, select=True)
 
-    def sample_candidates(
-        self,
-        params,
-        text_embed,
-        text_tokens,
-        text_mask,
-        key,
-        *,
-        num_steps=None,
-        sampler=None,
-        guidance_scale=None,
-        best_of=None,
-    ) -> jax.Array:
+    def sample_candidates(self, params, cond, key, **options) -> jax.Array:
         """All `best_of` unit-norm candidates [best_of, B, D] that `sample` (same arguments,
         same key) chooses from."""
-        settings = dict(
-            num_steps=num_steps, sampler=sampler, guidance_scale=guidance_scale, best_of=best_of
-        )
-        return self._sample_call(
-            params, text_embed, text_tokens, text_mask, key, settings, select=False
-        )
+        return self._sample_call(params, cond, key, options, select=False)
 
     # -- evaluation ----------------------------------------------------------------------------
 
@@ -362,13 +331,7 @@ class PriorStage(Stage):
                     k: np.concatenate([v, np.repeat(v[-1:], chunk - rows, axis=0)])
                     for k, v in part.items()
                 }
-            out = self.sample(
-                params,
-                part["text_embed"],
-                part.get("text_tokens"),
-                part.get("text_mask"),
-                jax.random.fold_in(rng, i),
-            )
+            out = self.sample(params, part, jax.random.fold_in(rng, i))
             samples.append(np.asarray(out)[:rows])
         sampled = np.concatenate(samples)
         image = _unit(data["image_embed"])

@@ -28,8 +28,6 @@ from dalle2_jax.models.unet import UNet, UNetConfig
 from dalle2_jax.stages import register
 from dalle2_jax.stages.base import ExampleSource, Stage
 
-SAMPLE_DEFAULTS = {"num_steps": 27, "sampler": "ddim"}
-
 
 def unet_config_from(cfg: Mapping[str, Any], **forced: Any) -> UNetConfig:
     """UNetConfig from `config.model` with `forced` fields set; unknown fields raise."""
@@ -78,6 +76,8 @@ class UpsamplerSource:
 
 @register("upsampler")
 class UpsamplerStage(Stage):
+    sample_defaults = {"num_steps": 27, "sampler": "ddim"}
+
     def __init__(self, config: ml_collections.ConfigDict, workdir=None):
         super().__init__(config, workdir)
         d = config.data
@@ -169,16 +169,12 @@ class UpsamplerStage(Stage):
             x0_transform="clip",
         )
 
-    def sample(
-        self, params, low_res, key, *, num_steps: int | None = None, sampler: str | None = None
-    ) -> jax.Array:
-        """Images [B, h*f, w*f, 3] in [-1, 1] from low-res images [B, h, w, 3] of any size
-        whose upsampled sides divide by the U-Net's downsampling (27 DDIM steps by default)."""
-        opts = {**SAMPLE_DEFAULTS, **dict(self.config.get("sample") or {})}
-        opts.update(
-            {k: v for k, v in dict(num_steps=num_steps, sampler=sampler).items() if v is not None}
-        )
-        low_res = jnp.asarray(low_res, jnp.float32)
+    def sample(self, params, cond, key, **options) -> jax.Array:
+        """Images [B, h*f, w*f, 3] in [-1, 1] from `cond["low_res"]` [B, h, w, 3] of any size
+        whose upsampled sides divide by the U-Net's downsampling. Options: num_steps, sampler
+        (27 DDIM steps unless configured)."""
+        opts = self.sample_options(**options)
+        low_res = jnp.asarray(cond["low_res"], jnp.float32)
         if low_res.ndim != 4 or low_res.shape[-1] != 3:
             raise ValueError(f"low_res must be [B, h, w, 3], got {low_res.shape}.")
         return self._sample_jit(
@@ -195,5 +191,5 @@ class UpsamplerStage(Stage):
         low_res = np.stack([resize(x, low, low) for x in truth])
         bicubic = np.stack([resize(x, d.image_size, d.image_size) for x in low_res])
         steps = self.config.eval.get("num_steps")
-        samples = np.asarray(self.sample(params, low_res, rng, num_steps=steps))
+        samples = np.asarray(self.sample(params, {"low_res": low_res}, rng, num_steps=steps))
         return {"psnr": psnr(samples, truth), "psnr_bicubic": psnr(bicubic, truth)}

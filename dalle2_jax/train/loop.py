@@ -23,6 +23,7 @@ from dalle2_jax import stages
 from dalle2_jax.data.loader import BatchLoader, global_batch
 from dalle2_jax.train import distributed
 from dalle2_jax.train.checkpoint import Checkpointer
+from dalle2_jax.train.flops import model_flops, peak_flops_per_device
 from dalle2_jax.train.mesh import batch_sharding, data_parallel_size, make_mesh, replicated
 from dalle2_jax.train.metrics import MetricsWriter
 from dalle2_jax.train.optimizer import make_optimizer
@@ -63,7 +64,8 @@ def stage_workdir(config: ml_collections.ConfigDict, workdir: str | Path) -> Pat
 
 
 def _compile_step(train_step, state, shardings, batch_spec, mesh, rules, key, config):
-    """AOT-compile the train step for the global batch; returns (compiled, flops per step)."""
+    """AOT-compile the train step for the global batch; returns (compiled, model FLOPs per
+    step, counted as the benchmarks count them: `flops.model_flops`)."""
     B = config.batch_size
     batch_abstract = {
         name: jax.ShapeDtypeStruct(
@@ -83,12 +85,7 @@ def _compile_step(train_step, state, shardings, batch_spec, mesh, rules, key, co
     )
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         compiled = jitted.lower(state, batch_abstract, key).compile()
-    cost = compiled.cost_analysis()
-    if isinstance(cost, list | tuple):
-        cost = cost[0] if cost else {}
-    flops = float((cost or {}).get("flops", 0.0))
-    # The compiled SPMD program is per device; total work is that times the device count.
-    return compiled, flops * mesh.size
+    return compiled, model_flops(train_step, state, batch_abstract, key)  # global batch
 
 
 def _save_config(config: ml_collections.ConfigDict, directory: Path) -> None:
@@ -116,22 +113,6 @@ def setup(config: ml_collections.ConfigDict, workdir: str | Path | None = None):
             return stage.init(rng)
 
     return stage, mesh, rules, tx, schedule, init_params
-
-
-def restore_train_state(
-    config: ml_collections.ConfigDict, workdir: str | Path, step: int | None = None
-) -> TrainState:
-    """The latest (or given) checkpointed train state of `config.stage` under `workdir`,
-    sharded on the current devices. Raises CheckpointRestoreError if there is none."""
-    workdir = stage_workdir(config, workdir)
-    _, mesh, rules, tx, _, init_params = setup(config, workdir)
-    abstract, _ = state_shardings(init_params, tx, mesh, rules)
-    checkpointer = Checkpointer(workdir / "checkpoints", async_save=False)
-    try:
-        state, _, _ = checkpointer.restore(abstract, step)
-    finally:
-        checkpointer.close()
-    return state
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainState:
@@ -202,6 +183,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         train_step, state, shardings, batch_spec, mesh, rules, step_key, config
     )
     log.info("Compiled train step in %.1fs.", time.perf_counter() - t0)
+    peak = peak_flops_per_device(mesh.devices.flat[0], config.get("peak_tflops"))
+    peak_total = None if peak is None else peak * mesh.size
 
     # 5. The loop.
     param_norm = jax.jit(optax.tree.norm)  # logged, not computed every step
@@ -257,6 +240,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                 scalars["steps_per_sec"] = rate
                 scalars["examples_per_sec"] = rate * config.batch_size
                 scalars["tflops_per_sec"] = rate * flops_per_step / 1e12
+                if peak_total:
+                    scalars["mfu"] = rate * flops_per_step / peak_total
                 # Skipped / converted examples of this process's reads (bad-input counters).
                 stats = train_source.stats() if hasattr(train_source, "stats") else {}
                 scalars.update({f"data/{k}": v for k, v in stats.items()})

@@ -47,7 +47,7 @@ class _OracleStage:
     one-shot x0 prediction is exact at every t, if the probe converts v to x0 correctly."""
 
     prediction = "v"
-    uses_text = False
+    reads_text = False
 
     def __init__(self, exact: bool = True):
         self.exact = exact

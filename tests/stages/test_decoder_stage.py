@@ -77,19 +77,22 @@ def test_guidance_matches_its_definition_with_null_embedding_and_dropped_caption
 def test_samples_have_the_right_shape_and_depend_on_the_embedding(setup):
     stage, params, batch = setup
     key = jax.random.key(3)
-    kw = dict(text_tokens=batch["text_tokens"], text_mask=batch["text_mask"], num_steps=3)
-    a = np.asarray(stage.sample(params, batch["image_embed"], key, guidance_scale=2.0, **kw))
+    text = dict(text_tokens=batch["text_tokens"], text_mask=batch["text_mask"])
+    cond = dict(image_embed=batch["image_embed"], **text)
+    a = np.asarray(stage.sample(params, cond, key, guidance_scale=2.0, num_steps=3))
     assert a.shape == (B, 8, 8, 3) and np.abs(a).max() <= 1.0
-    b = np.asarray(stage.sample(params, -batch["image_embed"], key, guidance_scale=2.0, **kw))
+    flipped = dict(image_embed=-batch["image_embed"], **text)
+    b = np.asarray(stage.sample(params, flipped, key, guidance_scale=2.0, num_steps=3))
     assert np.mean(np.abs(a - b)) > 1e-3
-    c = stage.sample(params, batch["image_embed"], key, sampler="ddim", num_steps=3)
+    image_only = {"image_embed": batch["image_embed"]}
+    c = stage.sample(params, image_only, key, sampler="ddim", num_steps=3)
     assert c.shape == (B, 8, 8, 3) and np.all(np.isfinite(np.asarray(c)))
 
 
 def test_wrong_embedding_dimension_raises(setup):
     stage, params, _ = setup
     with pytest.raises(ValueError, match="image_embed must be"):
-        stage.sample(params, jnp.zeros((1, 7)), jax.random.key(0), num_steps=2)
+        stage.sample(params, {"image_embed": jnp.zeros((1, 7))}, jax.random.key(0), num_steps=2)
 
 
 def test_source_joins_images_and_shards_by_index_and_checks_order(tmp_path):

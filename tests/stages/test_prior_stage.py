@@ -251,7 +251,8 @@ def test_sampling_is_deterministic_and_keeps_the_best_of_n(trained):
     config, workdir, state = trained
     stage = get_stage(config, workdir)
     data = stage.source("eval").head(4)
-    args = (state.ema_params, data["text_embed"], data["text_tokens"], data["text_mask"])
+    cond = {k: data[k] for k in ("text_embed", "text_tokens", "text_mask")}
+    args = (state.ema_params, cond)
     key = jax.random.key(3)
     out = np.asarray(stage.sample(*args, key, num_steps=8, best_of=3))
     assert out.shape == (4, D)
@@ -337,15 +338,12 @@ def test_mismatched_inputs_raise_clear_errors(dirs, tmp_path):
     with pytest.raises(ValueError, match="text_tokens"):
         stage.loss(params, {k: v for k, v in data.items() if k != "text_tokens"}, jax.random.key(0))
     with pytest.raises(ValueError, match="text_embed"):
-        stage.sample(
-            params,
-            np.zeros((4, D + 1), np.float32),
-            data["text_tokens"],
-            data["text_mask"],
-            jax.random.key(0),
-        )
+        wrong_dim = dict(data, text_embed=np.zeros((4, D + 1), np.float32))
+        stage.sample(params, wrong_dim, jax.random.key(0))
     with pytest.raises(ValueError, match="text_tokens"):
-        stage.sample(params, data["text_embed"], None, None, jax.random.key(0))
+        stage.sample(params, {"text_embed": data["text_embed"]}, jax.random.key(0))
+    with pytest.raises(ValueError, match="Unknown sampling options"):
+        stage.sample(params, data, jax.random.key(0), num_stepz=3)
 
 
 def test_text_embedding_only_stage_needs_no_tokens(dirs):
@@ -355,6 +353,6 @@ def test_text_embedding_only_stage_needs_no_tokens(dirs):
     assert set(example) == {"text_embed", "image_embed"}
     params = nn.unbox(jax.jit(stage.init)(jax.random.key(0)))
     out = stage.sample(
-        params, example["text_embed"][None], None, None, jax.random.key(1), num_steps=4
+        params, {"text_embed": example["text_embed"][None]}, jax.random.key(1), num_steps=4
     )
     assert out.shape == (1, D)

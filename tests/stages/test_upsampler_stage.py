@@ -55,7 +55,7 @@ def test_batch_spec_matches_source(stage):
 def test_samples_at_full_size_from_a_low_res_input_of_another_size(stage):
     params = nn.unbox(stage.init(jax.random.key(0)))
     low_res = np.random.default_rng(0).uniform(-1, 1, (1, 12, 12, 3)).astype(np.float32)
-    out = np.asarray(stage.sample(params, low_res, jax.random.key(1), num_steps=2))
+    out = np.asarray(stage.sample(params, {"low_res": low_res}, jax.random.key(1), num_steps=2))
     assert out.shape == (1, 24, 24, 3)
     assert np.all(np.isfinite(out)) and np.abs(out).max() <= 1.0
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dalle2_jax.train.loop import restore_train_state
 from dalle2_jax.train.metrics import read_metrics
+from dalle2_jax.train.restore import restore_train_state
 from tests.train.helpers import leaves, run_train, tiny_config
 
 

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from dalle2_jax.train.checkpoint import CheckpointRestoreError
-from dalle2_jax.train.loop import NonFiniteLossError, restore_train_state, train_and_evaluate
+from dalle2_jax.train.loop import NonFiniteLossError, train_and_evaluate
 from dalle2_jax.train.metrics import read_metrics
+from dalle2_jax.train.restore import restore_train_state
 from tests.train.helpers import leaves, tiny_config
 
 
@@ -25,12 +26,19 @@ def test_metrics_and_layout(tmp_path):
     norm = np.sqrt(sum(np.sum(np.square(np.asarray(x, np.float64))) for x in leaves(state.params)))
     np.testing.assert_allclose(rows[-1]["param_norm"], norm, rtol=1e-5)
     assert rows[-1]["tflops_per_sec"] > 0
+    assert "mfu" not in rows[-1]  # CPU: no known peak
     assert (tmp_path / "toy" / "config.json").exists()
     assert list((tmp_path / "toy" / "tensorboard").iterdir())
     assert sorted(p.name for p in (tmp_path / "toy" / "checkpoints").iterdir() if p.is_dir()) == [
         "3",
         "6",
     ]
+
+
+def test_mfu_is_model_flops_per_second_over_the_peak_of_all_devices(tmp_path):
+    train_and_evaluate(tiny_config(peak_tflops=2e-3), tmp_path)
+    for row in read_metrics(tmp_path / "toy"):
+        np.testing.assert_allclose(row["mfu"], row["tflops_per_sec"] / (2e-3 * 8), rtol=1e-9)
 
 
 @pytest.mark.parametrize(

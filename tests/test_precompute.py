@@ -8,10 +8,10 @@ import pytest
 
 from configs import shapes
 from dalle2_jax.data.embeddings import EmbeddingShards
-from dalle2_jax.data.precompute import main
 from dalle2_jax.data.sources import open_source
 from dalle2_jax.encoders import ClipEncoder
 from dalle2_jax.models.clip import CLIP, preprocess_images
+from dalle2_jax.precompute import main
 from dalle2_jax.train.loop import train_and_evaluate
 
 
@@ -77,4 +77,4 @@ def test_cli_reports_a_missing_clip_stage(tmp_path, capsys):
         ]
     )
     assert code == 2
-    assert "train it first" in capsys.readouterr().err
+    assert "Train it: python train.py --config configs/shapes.py:clip" in capsys.readouterr().err

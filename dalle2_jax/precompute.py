@@ -5,9 +5,9 @@ the loop. Example i of the written shards is example i of the (unshuffled) sourc
 that also need the image (the decoder) pair them by index. Resumable: a rerun skips the
 examples already in complete shards.
 
-  python -m dalle2_jax.data.precompute --clip-workdir runs/shapes --source shapes:train:64 \\
+  python -m dalle2_jax.precompute --clip-workdir runs/shapes --source shapes:train:64 \\
       --num-examples 20000 --out runs/shapes/embeddings/train
-  python -m dalle2_jax.data.precompute --hf-clip path/to/clip-vit-large-patch14 \\
+  python -m dalle2_jax.precompute --hf-clip path/to/clip-vit-large-patch14 \\
       --source "webdataset:/data/shards/{00000..00099}.tar:224" --num-examples 1000000 --out emb/
 """
 

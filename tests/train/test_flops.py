@@ -1,11 +1,11 @@
-"""The benchmark's FLOP count (`benchmarks.ours.model_flops`) against closed forms."""
+"""The one FLOP count of the trainer and the benchmarks (`train.flops`) against closed forms."""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
-from benchmarks.ours import model_flops
+from dalle2_jax.train.flops import model_flops
 
 
 def test_matmul_flops_are_2mnk():

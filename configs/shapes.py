@@ -8,7 +8,7 @@ are computed from the workdir's trained CLIP stage on first use):
     python train.py --config configs/shapes.py:STAGE --workdir runs/shapes
     STAGE = clip | prior | decoder | upsampler
 Variants with "_tiny" (and "all_tiny") run a few steps of very small models, for tests.
-Cost and results on a 2-core CPU are in the README (section "The embedded demo").
+Cost and results on a 2-core CPU: docs/demo.md (the full log: docs/demo-log.md).
 """
 
 import ml_collections
@@ -199,8 +199,7 @@ def decoder_config(tiny: bool = False) -> ml_collections.ConfigDict:
     config.diffusion = ml_collections.ConfigDict(
         {"schedule": "cosine", "num_timesteps": 1000, "prediction": "v"}
     )
-    # DPM-Solver++(2M) in 25 steps scores like 64 DDPM steps here (attributes of 64 held-out
-    # samples within 3 points) at 2.4x less time.
+    # DPM-Solver++(2M) in 25 steps: as good as 64 DDPM steps here, and faster (docs/demo-log.md).
     config.sample = ml_collections.ConfigDict(
         {"num_steps": 25, "sampler": "dpm++2m", "guidance_scale": 3.0}
     )
@@ -263,8 +262,7 @@ def upsampler_config(tiny: bool = False) -> ml_collections.ConfigDict:
     config.diffusion = ml_collections.ConfigDict(
         {"schedule": "cosine", "num_timesteps": 1000, "prediction": "v"}
     )
-    # 10 DDIM steps keep the attributes of ground-truth 32 px renders as well as 27 (color 0.92
-    # vs 0.94, shape 0.91 vs 0.92 at 64 px) in 40% of the time.
+    # 10 DDIM steps keep the attributes as well as 27, in less time (docs/demo-log.md).
     config.sample = ml_collections.ConfigDict({"num_steps": 10, "sampler": "ddim"})
     config.eval = ml_collections.ConfigDict({"num_examples": 16, "num_steps": 10})
     config.optim.learning_rate = 5e-4

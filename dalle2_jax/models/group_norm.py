@@ -6,20 +6,20 @@ positions and the channels of its group (ADM's GroupNorm32; PyTorch's group_norm
 
 * GPU / TPU (`_grouped`): flax.linen's GroupNorm, unchanged: statistics of x reshaped to
   [N, ..., G, C / G] with the one-pass variance E[x^2] - E[x]^2, autodiff backward. XLA fuses
-  this best there: `_per_channel` costs 4.7 % more of the large decoder's step in the static
-  H200 roofline (`benchmarks/roofline.py`: 46.04 vs 43.97 ms).
+  this best there; the per-channel form raises the decoder's roofline bound (`tools/roofline.py`;
+  figures in docs/performance.md).
 * CPU (`_per_channel`): written as a reshape, XLA:CPU reduces over a strided 6-wide inner axis
   and recomputes each element's group statistic through div/mod index arithmetic in every
-  elementwise fusion (4 ms for GroupNorm + SiLU on an [8, 32, 32, 192] map, where the SiLU alone
-  takes 0.7 ms). Here every reduction is a per-channel sum over the spatial axes, and two small
-  one-hot matmuls, [N, C] x [C, G] x [G, C], turn per-channel sums into per-channel group means.
+  elementwise fusion, many times the cost of the elementwise work itself. Here every reduction
+  is a per-channel sum over the spatial axes, and two small one-hot matmuls,
+  [N, C] x [C, G] x [G, C], turn per-channel sums into per-channel group means.
   Dots are not fused into their consumers, so each elementwise pass broadcasts a materialised
   [N, C] row. The variance is two-pass (exact, as PyTorch) and the backward the closed form,
 
       dx = rstd * (g - mean_group(g) - xhat * mean_group(g * xhat)),   g = dy * scale,
 
-  from per-channel sums of dy and dy * xhat and one elementwise pass. Medium CPU train steps,
-  A/B in one process: decoder 1407 -> 1300 ms, upsampler 1592 -> 1452 ms.
+  from per-channel sums of dy and dy * xhat and one elementwise pass. What it is worth on CPU:
+  docs/performance.md.
 """
 
 from functools import partial

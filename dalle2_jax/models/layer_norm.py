@@ -6,7 +6,7 @@ variance as the mean of squared deviations (exact, as PyTorch; not E[x^2] - E[x]
 Backward: differentiating the two-pass forward through autodiff gives XLA an expression whose
 input gradient carries a reduction of the deviations' gradient. XLA:CPU then fuses the residual
 stream's gradient through every block into each weight-gradient transpose, recomputing it once
-per layer (quadratic in depth; 28 % of the medium prior's train step on CPU). The closed form
+per layer (quadratic in depth; the measured cost: docs/performance.md). The closed form
 (as PyTorch and apex compute it)
 
     dx = rstd * (g - mean(g) - xhat * mean(g * xhat)),   g = dy * scale,

@@ -153,8 +153,8 @@ class MLP(nn.Module):
 
     The activation is rematerialised (`jax.checkpoint`): its backward recomputes it from fc1's
     output instead of storing its intermediates (erf / sigmoid terms as wide as the hidden
-    layer). Same numbers; one [B, L, mlp_dim] tensor less written and read per block, -2.7 % of
-    the large prior's step in the H200 roofline (`benchmarks/roofline.py`).
+    layer). Same numbers; one [B, L, mlp_dim] tensor less written and read per block (its effect on
+    the roofline bound: docs/performance.md).
     """
 
     mlp_dim: int

@@ -63,8 +63,8 @@ class PriorConfig:
         once here rather than around every attention call.
     residual_dtype: dtype of the residual stream between blocks. "float32" (the default, as
         PyTorch autocast keeps it) or "bfloat16" (as MaxText does): half the bytes of the
-        memory-bound work around the matmuls (LayerNorms, residual adds; -8.8 % of the large
-        prior's step in the H200 roofline) for bf16 rounding of each block's sum. LayerNorm
+        memory-bound work around the matmuls (LayerNorms, residual adds; roofline effect in
+        docs/performance.md) for bf16 rounding of each block's sum. LayerNorm
         statistics stay float32 either way.
     """
 

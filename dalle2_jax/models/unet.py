@@ -424,7 +424,7 @@ class UNet(nn.Module):
                 )
             # CLIP embeddings are unit-norm, so each component is ~D^-1/2: rescaled to unit RMS
             # the conditioning enters at the timestep embedding's scale instead of ~10% of it
-            # (without this the demo decoder ignored shape, size and background for 1500 steps).
+            # (why it matters: docs/demo-log.md).
             clip_embed = clip_embed.astype(jnp.float32)
             clip_embed = clip_embed * jax.lax.rsqrt(
                 jnp.mean(jnp.square(clip_embed), axis=-1, keepdims=True) + 1e-12

@@ -39,13 +39,13 @@ class Conv(nn.Module):
     OHWI is the filter layout cuDNN uses for channels-last maps, so on a GPU the filter
     gradient arrives in the parameter's own layout and AdamW updates it in place. A HWIO
     kernel (flax.linen.Conv's) makes XLA transpose every conv kernel's gradient and moments
-    in the optimizer step: 5 % of the decoder's step in the static roofline
-    (`benchmarks/roofline.py`). A torch OIHW weight maps here by permute(0, 2, 3, 1).
+    in the optimizer step (`tools/roofline.py`; docs/performance.md). A torch OIHW weight
+    maps here by permute(0, 2, 3, 1).
 
     The convolution itself takes the kernel transposed to HWIO: on a GPU XLA lays that
     transpose out as a no-op (same roofline), while XLA:CPU has fast convolutions (YNNPACK)
-    only for HWIO filters. Handing it an OHWI filter directly made CPU sampling loops 4-8x
-    slower (a generic convolution loop inside the while body).
+    only for HWIO filters. Handed an OHWI filter, XLA:CPU falls back to a generic convolution
+    loop inside sampling loops (docs/performance.md).
     """
 
     features: int

@@ -1,4 +1,4 @@
-"""Per-process batch loading with grain, and global arrays for the trainer's mesh.
+"""Per-process batch loading with grain (the trainer turns batches into global arrays).
 
 The global batch at step `s` is the examples `s*B … (s+1)*B - 1` of one deterministic,
 per-epoch reshuffled order of the source (grain's index shuffle, seeded by the config seed).
@@ -15,9 +15,6 @@ from typing import Any
 import grain
 import jax
 import numpy as np
-from jax.sharding import Mesh
-
-from dalle2_jax.train.mesh import batch_sharding
 
 MAX_STEPS = 2**40  # effectively infinite: sources repeat epoch after epoch
 
@@ -101,11 +98,3 @@ class BatchLoader:
                 "resuming would not continue with the next unseen examples."
             )
         return int(state["next_step"])
-
-
-def global_batch(local: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-    """Global arrays sharded over the data-parallel axes from this process's rows."""
-    return {
-        name: jax.make_array_from_process_local_data(batch_sharding(mesh, x.ndim), x)
-        for name, x in local.items()
-    }

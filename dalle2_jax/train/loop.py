@@ -20,11 +20,17 @@ import optax
 from tqdm.auto import tqdm
 
 from dalle2_jax import stages
-from dalle2_jax.data.loader import BatchLoader, global_batch
+from dalle2_jax.data.loader import BatchLoader
 from dalle2_jax.train import distributed
 from dalle2_jax.train.checkpoint import Checkpointer
 from dalle2_jax.train.flops import model_flops, peak_flops_per_device
-from dalle2_jax.train.mesh import batch_sharding, data_parallel_size, make_mesh, replicated
+from dalle2_jax.train.mesh import (
+    batch_sharding,
+    data_parallel_size,
+    global_batch,
+    make_mesh,
+    replicated,
+)
 from dalle2_jax.train.metrics import MetricsWriter
 from dalle2_jax.train.optimizer import make_optimizer
 from dalle2_jax.train.state import TrainState, create_train_state, num_params, state_shardings

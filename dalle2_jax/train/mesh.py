@@ -1,4 +1,4 @@
-"""Device mesh from the config, and the shardings of batches on it."""
+"""Device mesh from the config, the shardings of batches on it, and global batch arrays."""
 
 from __future__ import annotations
 
@@ -60,3 +60,11 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 def data_parallel_size(mesh: Mesh) -> int:
     return math.prod(mesh.shape[a] for a in BATCH_AXES)
+
+
+def global_batch(local: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """Global arrays sharded over the data-parallel axes from this process's rows."""
+    return {
+        name: jax.make_array_from_process_local_data(batch_sharding(mesh, x.ndim), x)
+        for name, x in local.items()
+    }

@@ -1,7 +1,8 @@
 """The peer side of the benchmark: lucidrains/DALLE2-pytorch at the sizes of `sizes.py`.
 
 Runs INSIDE the peer's own virtual environment (torch + dalle2-pytorch, no JAX), as a
-subprocess of `benchmarks/run.py`. It imports nothing from this repository.
+subprocess of `benchmarks/run.py`. From this repository it imports only
+`tools/torch_flops.py` (torch alone), with tools/ put on sys.path.
 
 Protocol: one JSON object per line on stdin, one JSON reply per line on stdout.
   {"op": "setup", "model": M, "mode": "train"|"sample", "size": {...}, "dtype": D}
@@ -42,6 +43,7 @@ import resource
 import statistics
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # dalle2-pytorch's progress bars; read on import
@@ -72,7 +74,9 @@ def _tolerate_cuda_torchvision() -> None:
 _tolerate_cuda_torchvision()
 
 from dalle2_pytorch import Decoder, DiffusionPrior, DiffusionPriorNetwork, Unet  # noqa: E402
-from torch_flops import flop_counter  # noqa: E402  (this script's directory is on sys.path)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))  # tools/torch_flops.py
+from torch_flops import flop_counter  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 EMA_DECAY = 0.9999

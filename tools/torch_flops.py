@@ -2,7 +2,7 @@
 
 torch's FlopCounterMode charges a convolution every tap of its kernel at every output
 position, taps that fall on the zero padding included; XLA's cost analysis (our
-`benchmarks.ours.model_flops`) charges only taps that read an input element. A 3x3
+`dalle2_jax.train.flops.model_flops`) charges only taps that read an input element. A 3x3
 convolution with padding 1 reads padding in 4 % of its taps at 32 px and in 16 % at 8 px, so
 the two counts of the same U-Net differ by several percent. `flop_counter()` is
 FlopCounterMode with the convolution formulas replaced by valid-tap ones (matmuls are counted

@@ -1,4 +1,4 @@
-"""The peer's FLOP count (`benchmarks.torch_flops`) against XLA's cost analysis and closed forms."""
+"""The peer's FLOP count (`tools.torch_flops`) against XLA's cost analysis and closed forms."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.torch_flops import flop_counter, valid_taps
 from dalle2_jax.train.flops import model_flops
+from tools.torch_flops import flop_counter, valid_taps
 
 
 @pytest.mark.parametrize(

@@ -1,9 +1,9 @@
 """Roofline of a training step on a GPU, without the GPU: compile for the target, then count.
 
-  python benchmarks/roofline.py --model prior --size large --gpu h200 [--dtype bfloat16] \
+  python tools/roofline.py --model prior --size large --gpu h200 [--dtype bfloat16] \
       [--attention xla|cudnn] [--prior-residual-dtype float32|bfloat16] [--out roofline.json] \
       [--hlo-out step.hlo]
-  python benchmarks/roofline.py --hlo module.after_optimizations.txt --gpu h200
+  python tools/roofline.py --hlo module.after_optimizations.txt --gpu h200
 
 Lowers the same train step as run.py (`ours.train_step_of`) for an NVIDIA GPU described by a
 target config (XLA's deviceless compilation: `jax.experimental.topologies` with the CUDA
@@ -33,10 +33,10 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # configs/ is not part of the installed package
+    sys.path.insert(0, str(ROOT))  # configs/, benchmarks/, tools/: not installed
 
-from benchmarks import hlo_cost  # noqa: E402
 from benchmarks import sizes as size_specs  # noqa: E402
+from tools import hlo_cost  # noqa: E402
 
 # Public datasheet figures (SXM parts): SMs, boost clock (GHz), HBM bandwidth (B/s), memory
 # (bytes), compute capability, dense bf16 tensor peak (FLOP/s), shared memory per SM / per

@@ -1,6 +1,6 @@
 """Where a training step's time goes: a profiler trace of our train step and a per-op table.
 
-  python benchmarks/op_profile.py --model prior --size large [--dtype bfloat16] [--steps 5] \
+  python tools/op_profile.py --model prior --size large [--dtype bfloat16] [--steps 5] \
       --out DIR [--top 25] [--peer]
 
 Runs the same donated, jitted step as run.py (`ours.TrainRunner`, random parameters and
@@ -34,7 +34,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # configs/ is not part of the installed package
+    sys.path.insert(0, str(ROOT))  # configs/, benchmarks/, tools/: not installed
 
 from benchmarks import sizes as size_specs  # noqa: E402
 from benchmarks.run import PEER_VENV, PeerProcess  # noqa: E402

@@ -1,4 +1,4 @@
-"""`benchmarks/hlo_cost.py` and `benchmarks/roofline.py`: bytes and FLOPs of HLO ops against
+"""`tools/hlo_cost.py` and `tools/roofline.py`: bytes and FLOPs of HLO ops against
 hand-computed values (cuBLAS / cuDNN custom calls as a GPU compile emits them, fusions, while
 loops), a real CPU-compiled module against the closed-form matmul count, and the CLI on it."""
 
@@ -11,11 +11,11 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from benchmarks import hlo_cost, roofline
+from tools import hlo_cost, roofline
 
 # A hand-written module in the form of XLA's GPU compile output (cuBLAS / cuDNN custom calls
 # with workspace results, a fusion naming its source on the root, a counted while loop).
-GPU_MODULE = (Path(__file__).parent / "data" / "gpu_module.hlo.txt").read_text()
+GPU_MODULE = (Path(__file__).parents[1] / "data" / "gpu_module.hlo.txt").read_text()
 
 
 def _by_name(ops):

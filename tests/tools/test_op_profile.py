@@ -1,4 +1,4 @@
-"""`benchmarks/op_profile.py`: per-op sums of a trace against hand-computed totals, and the
+"""`tools/op_profile.py`: per-op sums of a trace against hand-computed totals, and the
 real command on the tiny prior (a trace is written and its ops add up)."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.op_profile import category, main, summarize, summarize_totals
 from benchmarks.run import PeerError
+from tools.op_profile import category, main, summarize, summarize_totals
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize(
@@ -102,7 +102,7 @@ def test_peer_profile_without_its_environment_says_how_to_make_it(tmp_path):
 
 def test_profile_command_traces_the_tiny_prior(tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_backend_optimization_level=0")
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "op_profile.py"), "--model", "prior"]
+    cmd = [sys.executable, str(ROOT / "tools" / "op_profile.py"), "--model", "prior"]
     proc = subprocess.run(
         [*cmd, "--size", "tiny", "--steps", "2", "--out", str(tmp_path)],
         env=env,

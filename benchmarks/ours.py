@@ -1,10 +1,11 @@
-"""Our side of the benchmark: the real stages (loss, sampler) at the sizes of `sizes.py`.
+"""Our side of the benchmark: the real stages (loss, sampler) at the sizes of
+`configs/benchmark.py`, built straight from those stage configs.
 
 Training runs the trainer's step (`make_train_step`: the stage's loss, clipping, AdamW, EMA)
 jitted with donated state on one device; its FLOPs come from XLA's cost analysis of the
 traced program (`model_flops`), its memory from XLA's memory analysis of the compiled one.
-Sampling calls the stages' `sample` methods (one compiled program each) with randomly
-initialised parameters.
+Sampling calls the stages' `sample` methods (one compiled program each, options from each
+config's `sample`) with randomly initialised parameters.
 
 Each runner has the same interface as the peer's: `setup() -> info`, `run(n) -> seconds`.
 """
@@ -21,8 +22,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from configs import common
-from configs.prior_paper import base_prior_config
 from dalle2_jax import stages
 from dalle2_jax.stages.base import Stage
 from dalle2_jax.train.flops import cost_flops, model_flops
@@ -30,7 +29,6 @@ from dalle2_jax.train.optimizer import make_optimizer
 from dalle2_jax.train.state import TrainState, num_params
 from dalle2_jax.train.step import make_train_step
 
-Spec = dict[str, Any]
 EMA_DECAY = 0.9999
 
 
@@ -82,102 +80,8 @@ def device_peak_bytes() -> int | None:
 # -- stages at the benchmark sizes ------------------------------------------------------------
 
 
-def prior_config(spec: Spec, dtype: str, attention: str = "xla") -> ml_collections.ConfigDict:
-    """The prior stage attending to D-wide caption encodings (width = CLIP dim = D)."""
-    config = base_prior_config()
-    d = spec["dim"]
-    config.model.update(
-        {
-            "clip_embed_dim": d,
-            "text_len": spec["text_len"],
-            "text_width": d,
-            "width": d,
-            "depth": spec["depth"],
-            "heads": spec["heads"],
-            "mlp_dim": 4 * d,
-            "use_text_encodings": True,
-            "dtype": dtype,
-            "scan_layers": False,
-            "remat": False,
-            "attention": attention,
-            "residual_dtype": spec.get("residual_dtype", "float32"),
-        }
-    )
-    config.embed_norm.update({"kind": "fixed", "scale": d**0.5})
-    config.diffusion.num_timesteps = spec["timesteps"]
-    config.batch_size = spec["batch"]
-    return config
-
-
-def decoder_config(spec: Spec, dtype: str, attention: str = "xla") -> ml_collections.ConfigDict:
-    """The decoder stage (GLIDE U-Net, learned variance, CLIP + caption context)."""
-    config = common.base_config()
-    config.stage = "decoder"
-    config.batch_size = spec["batch"]
-    config.data = ml_collections.ConfigDict(
-        {
-            "source": "synthetic",
-            "image_size": spec["image_size"],
-            "text_len": spec["text_len"],
-            "num_examples": 1,
-        }
-    )
-    config.model = ml_collections.ConfigDict(
-        {
-            "model_channels": spec["channels"],
-            "channel_mult": tuple(spec["channel_mult"]),
-            "num_res_blocks": spec["num_res_blocks"],
-            "attention_resolutions": tuple(spec["attention_resolutions"]),
-            "num_head_channels": spec["head_channels"],
-            "resblock_updown": False,
-            "dropout": 0.0,
-            "clip_embed_dim": spec["clip_dim"],
-            "num_clip_tokens": 4,
-            "text_width": spec["text_dim"],
-            "context_dim": spec["context_dim"],
-            "text_encoder_layers": 0,
-            "dtype": dtype,
-            "attention": attention,
-        }
-    )
-    config.diffusion = ml_collections.ConfigDict(
-        {"schedule": "cosine", "num_timesteps": spec["timesteps"]}
-    )
-    return config
-
-
-def upsampler_config(spec: Spec, dtype: str, attention: str = "xla") -> ml_collections.ConfigDict:
-    """The upsampler stage trained at its full output size (crop = image size)."""
-    config = common.base_config()
-    config.stage = "upsampler"
-    config.batch_size = spec["batch"]
-    size = spec["image_size"]
-    config.data = ml_collections.ConfigDict(
-        {"image_size": size, "crop_size": size, "factor": spec["factor"], "augment": "none"}
-    )
-    config.model = ml_collections.ConfigDict(
-        {
-            "model_channels": spec["channels"],
-            "channel_mult": tuple(spec["channel_mult"]),
-            "num_res_blocks": spec["num_res_blocks"],
-            "attention_resolutions": (),
-            "resblock_updown": False,
-            "dropout": 0.0,
-            "dtype": dtype,
-            "attention": attention,
-        }
-    )
-    config.diffusion = ml_collections.ConfigDict(
-        {"schedule": "cosine", "num_timesteps": spec["timesteps"]}
-    )
-    return config
-
-
-CONFIGS = {"prior": prior_config, "decoder": decoder_config, "upsampler": upsampler_config}
-
-
-def build_stage(model: str, spec: Spec, dtype: str, attention: str = "xla") -> Stage:
-    return stages.get_stage(CONFIGS[model](spec, dtype, attention))
+def build_stage(config: ml_collections.ConfigDict) -> Stage:
+    return stages.get_stage(config)
 
 
 def init_params(stage: Stage, seed: int = 0) -> Any:
@@ -237,12 +141,9 @@ def _xla_memory_bytes(compiled: Any) -> int | None:
     return int(total)
 
 
-def train_step_of(
-    model: str, spec: Spec, dtype: str, attention: str = "xla"
-) -> tuple[Stage, Any, Any]:
-    """(stage, optimizer, step): the trainer's step (loss, clipping, AdamW, EMA) of a model."""
-    config = CONFIGS[model](spec, dtype, attention)
-    stage = stages.get_stage(config)
+def train_step_of(config: ml_collections.ConfigDict) -> tuple[Stage, Any, Any]:
+    """(stage, optimizer, step): the trainer's step (loss, clipping, AdamW, EMA) of a stage."""
+    stage = build_stage(config)
     tx, schedule = make_optimizer(config.optim, config.num_steps)
     return stage, tx, make_train_step(stage.loss, tx, schedule, ema_decay=EMA_DECAY)
 
@@ -273,11 +174,11 @@ def abstract_train_args(
 class TrainRunner:
     """The donated, jitted train step of one stage on a fixed random batch."""
 
-    def __init__(self, model: str, spec: Spec, dtype: str, attention: str = "xla"):
-        self.model, self.spec, self.dtype, self.attention = model, spec, dtype, attention
+    def __init__(self, config: ml_collections.ConfigDict):
+        self.config = config
 
     def setup(self) -> dict[str, Any]:
-        stage, tx, step = train_step_of(self.model, self.spec, self.dtype, self.attention)
+        stage, tx, step = train_step_of(self.config)
         params = init_params(stage)
         self.state = TrainState(
             step=jnp.zeros((), jnp.int32),
@@ -285,7 +186,7 @@ class TrainRunner:
             ema_params=jax.tree.map(jnp.copy, params),
             opt_state=jax.jit(tx.init)(params),
         )
-        self.batch = random_batch(stage, self.spec["batch"])
+        self.batch = random_batch(stage, self.config.batch_size)
         self.key = jax.random.key(1)
         t0 = time.perf_counter()
         lowered = jax.jit(step, donate_argnums=(0,)).lower(self.state, self.batch, self.key)
@@ -293,7 +194,7 @@ class TrainRunner:
         compile_s = time.perf_counter() - t0
         return {
             "params": num_params(params),
-            "batch": self.spec["batch"],
+            "batch": self.config.batch_size,
             "compile_s": compile_s,
             "flops_per_step": model_flops(step, self.state, self.batch, self.key),
             "compiled_flops_per_step": cost_flops(self.compiled),
@@ -311,80 +212,61 @@ class TrainRunner:
 
 
 class SampleRunner:
-    """One stage's `sample` (or the chain prior -> decoder -> upsampler for "e2e")."""
+    """One stage's `sample` (or the chain prior -> decoder -> upsampler for "e2e"), with the
+    sampling options of each stage's config."""
 
     def __init__(
         self,
         model: str,
-        size: dict[str, Spec],
-        dtype: str,
+        configs: dict[str, ml_collections.ConfigDict],
         cache: dict | None = None,
-        attention: str = "xla",
     ):
-        self.model, self.size, self.dtype, self.attention = model, size, dtype, attention
+        self.model, self.configs = model, configs
         self.cache = {} if cache is None else cache  # stages + params shared with e2e
         self.calls = 0
 
     def _stage(self, model: str) -> tuple[Stage, Any]:
         if model not in self.cache:
-            stage = build_stage(model, self.size[model], self.dtype, self.attention)
+            stage = build_stage(self.configs[model])
             self.cache[model] = (stage, init_params(stage))
         return self.cache[model]
 
     def setup(self) -> dict[str, Any]:
-        prior, dec, up = self.size["prior"], self.size["decoder"], self.size["upsampler"]
-        batch = {"prior": prior, "decoder": dec, "upsampler": up, "e2e": prior}[self.model]
-        b = batch["sample_batch"]
+        prior, up = self.configs["prior"].model, self.configs["upsampler"].data
+        b = self.configs["prior" if self.model == "e2e" else self.model].benchmark.sample_batch
         rng = np.random.default_rng(0)
-        text_embed = rng.standard_normal((b, prior["dim"]))
+        text_embed = rng.standard_normal((b, prior.clip_embed_dim))
         text_embed /= np.linalg.norm(text_embed, axis=-1, keepdims=True)
         self.text_embed = jnp.asarray(text_embed, jnp.float32)
         self.text_tokens = jnp.asarray(
-            rng.standard_normal((b, prior["text_len"], prior["dim"])), jnp.float16
+            rng.standard_normal((b, prior.text_len, prior.text_width)), jnp.float16
         )
-        self.text_mask = jnp.ones((b, prior["text_len"]), bool)
-        low = up["image_size"] // up["factor"]
+        self.text_mask = jnp.ones((b, prior.text_len), bool)
+        low = up.image_size // up.factor
         self.low_res = jnp.asarray(rng.uniform(-1, 1, (b, low, low, 3)), jnp.float32)
-        models = list(self.size) if self.model == "e2e" else [self.model]
+        models = list(self.configs) if self.model == "e2e" else [self.model]
         params = sum(num_params(self._stage(m)[1]) for m in models)
         t0 = time.perf_counter()
         self.run(1)  # compile (or reuse) and run once
         first_call_s = time.perf_counter() - t0
-        steps = {m: self.size[m]["sample_steps"] for m in models}
+        steps = {m: self.configs[m].sample.num_steps for m in models}
         return {"params": params, "batch": b, "first_call_s": first_call_s, "steps": steps}
 
     def _prior(self, key: jax.Array) -> jax.Array:
         stage, params = self._stage("prior")
-        spec = self.size["prior"]
         text = {"text_embed": self.text_embed, "text_tokens": self.text_tokens}
         text["text_mask"] = self.text_mask
-        return stage.sample(
-            params,
-            text,
-            key,
-            num_steps=spec["sample_steps"],
-            sampler="ddim",
-            guidance_scale=1.0,
-            best_of=spec["best_of"],
-        )
+        return stage.sample(params, text, key)
 
     def _decoder(self, image_embed: jax.Array, key: jax.Array) -> jax.Array:
         stage, params = self._stage("decoder")
         cond = {"image_embed": image_embed, "text_tokens": self.text_tokens}
         cond["text_mask"] = self.text_mask
-        return stage.sample(
-            params,
-            cond,
-            key,
-            num_steps=self.size["decoder"]["sample_steps"],
-            sampler="ddim",
-            guidance_scale=1.0,
-        )
+        return stage.sample(params, cond, key)
 
     def _upsampler(self, low_res: jax.Array, key: jax.Array) -> jax.Array:
         stage, params = self._stage("upsampler")
-        steps = self.size["upsampler"]["sample_steps"]
-        return stage.sample(params, {"low_res": low_res}, key, num_steps=steps, sampler="ddim")
+        return stage.sample(params, {"low_res": low_res}, key)
 
     def _once(self, key: jax.Array) -> jax.Array:
         k1, k2, k3 = jax.random.split(key, 3)

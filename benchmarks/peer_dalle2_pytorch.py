@@ -1,4 +1,5 @@
-"""The peer side of the benchmark: lucidrains/DALLE2-pytorch at the sizes of `sizes.py`.
+"""The peer side of the benchmark: lucidrains/DALLE2-pytorch at the sizes of
+`configs/benchmark.py`, received as plain JSON fields (`run.peer_size` maps our configs).
 
 Runs INSIDE the peer's own virtual environment (torch + dalle2-pytorch, no JAX), as a
 subprocess of `benchmarks/run.py`. From this repository it imports only

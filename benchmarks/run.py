@@ -1,7 +1,7 @@
 """Training throughput, MFU and sampling latency of our stages, side by side with DALLE2-pytorch.
 
   python benchmarks/run.py [--quick] [--no-peer] [--dtype float32|bfloat16]
-      [--sizes tiny,medium,large] [--models prior,decoder,upsampler] [--modes train,sample]
+      [--sizes tiny,medium,large,xl] [--models prior,decoder,upsampler] [--modes train,sample]
       [--cpus N] [--out bench.json]
   python benchmarks/run.py --setup-peer   # benchmarks/.peer-venv: torch==2.13.0 dalle2-pytorch
 
@@ -11,9 +11,10 @@ step as traced (model FLOPs, `ours.model_flops`) and MFU against a peak measured
 large matmul in the same dtype.
 "sample": latency of the prior, decoder and upsampler samplers and of the chain (model
 "e2e") for one caption batch, with random parameters. Compile time and memory are reported
-apart from step time. DALLE2-pytorch (the peer) runs in its own virtual environment, one
-subprocess per row, at matched sizes (`sizes.py`, mapping in `peer_dalle2_pytorch.py`); ours
-and the peer's timed calls alternate in rounds, so drifting machine load hits both alike.
+apart from step time. The sizes are stage configs (`configs/benchmark.py`). DALLE2-pytorch
+(the peer) runs in its own virtual environment, one subprocess per row, at matched sizes
+(`peer_size` maps our configs to its fields, `peer_dalle2_pytorch.py` those to its models);
+ours and the peer's timed calls alternate in rounds, so drifting machine load hits both alike.
 speedup = peer time / our time (> 1: we are faster). `--quick`: the tiny size, few steps.
 """
 
@@ -32,10 +33,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # configs/ is not part of the installed package
+    sys.path.insert(0, str(ROOT))  # configs/, benchmarks/, tools/: not installed
 
-from benchmarks import sizes as size_specs  # noqa: E402
-
+MODELS = ("prior", "decoder", "upsampler")  # the stages of a size (configs/benchmark.py)
 PEER_VENV = ROOT / "benchmarks" / ".peer-venv"
 PEER_SCRIPT = Path(__file__).with_name("peer_dalle2_pytorch.py")
 PEER_REQUIREMENTS = ("torch==2.13.0", "dalle2-pytorch")
@@ -109,6 +109,89 @@ def setup_peer(venv: Path) -> None:
     subprocess.run(pip, check=True)
 
 
+# -- our configs, the peer's arguments --------------------------------------------------------
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """The options every benchmark takes for how our models are built at a size."""
+    parser.add_argument(
+        "--attention",
+        choices=("xla", "cudnn"),
+        default="xla",
+        help="our attention kernel, config.model.attention (cudnn: NVIDIA GPUs, bfloat16)",
+    )
+    parser.add_argument(
+        "--prior-residual-dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="our prior's residual stream, config.model.residual_dtype",
+    )
+
+
+def size_configs(name: str, dtype: str, args: argparse.Namespace) -> dict[str, Any]:
+    """{"prior", "decoder", "upsampler": stage config} of the size `name` in `dtype`, built as
+    `add_model_options`' arguments say (configs/benchmark.py; it imports JAX)."""
+    from configs import benchmark
+
+    return benchmark.sizes(
+        name,
+        dtype=dtype,
+        attention=args.attention,
+        prior_residual_dtype=args.prior_residual_dtype,
+    )
+
+
+def peer_size(configs: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The peer's arguments (plain JSON: its environment has no ml_collections) from our stage
+    configs of one size (`configs/benchmark.py`); `peer_dalle2_pytorch.py` maps them onto
+    DALLE2-pytorch's models. Per model:
+      prior      batch, dim (= CLIP dim = width), depth, heads, text_len, timesteps;
+                 sample_batch, sample_steps (DDIM), best_of
+      decoder    batch, image_size, channels (base width), channel_mult, num_res_blocks,
+                 attention_resolutions (feature-map sizes), head_channels, clip_dim, text_len,
+                 text_dim, context_dim, timesteps; sample_batch, sample_steps (DDIM)
+      upsampler  batch, image_size (output / training size), factor, channels, channel_mult,
+                 num_res_blocks, timesteps; sample_batch, sample_steps (DDIM)
+    """
+    prior, dec, up = (configs[m] for m in MODELS)
+
+    def common(c: Any) -> dict[str, Any]:
+        return {
+            "batch": c.batch_size,
+            "timesteps": c.diffusion.num_timesteps,
+            "sample_batch": c.benchmark.sample_batch,
+            "sample_steps": c.sample.num_steps,
+        }
+
+    def unet(c: Any) -> dict[str, Any]:
+        return {
+            "image_size": c.data.image_size,
+            "channels": c.model.model_channels,
+            "channel_mult": list(c.model.channel_mult),
+            "num_res_blocks": c.model.num_res_blocks,
+        }
+
+    p = prior.model
+    return {
+        "prior": {
+            **common(prior),
+            **{"dim": p.width, "depth": p.depth, "heads": p.heads, "text_len": p.text_len},
+            "best_of": prior.sample.best_of,
+        },
+        "decoder": {
+            **common(dec),
+            **unet(dec),
+            "attention_resolutions": list(dec.model.attention_resolutions),
+            "head_channels": dec.model.num_head_channels,
+            "clip_dim": dec.model.clip_embed_dim,
+            "text_len": dec.data.text_len,
+            "text_dim": dec.model.text_width,
+            "context_dim": dec.model.context_dim,
+        },
+        "upsampler": {**common(up), **unet(up), "factor": up.data.factor},
+    }
+
+
 # -- one row ----------------------------------------------------------------------------------
 
 
@@ -125,10 +208,9 @@ def bench_row(
     model: str,
     mode: str,
     size_name: str,
-    size: dict[str, dict],
+    configs: dict[str, Any],
     *,
     dtype: str,
-    attention: str = "xla",
     schedule: dict[str, Any],
     peak: float,
     platform: str,
@@ -139,9 +221,10 @@ def bench_row(
     from benchmarks import ours
 
     if mode == "train":
-        runner = ours.TrainRunner(model, size[model], dtype, attention)
+        runner = ours.TrainRunner(configs[model])
     else:
-        runner = ours.SampleRunner(model, size, dtype, cache, attention)
+        runner = ours.SampleRunner(model, configs, cache)
+    size = peer_size(configs)
     ours_info = runner.setup()
     peer = PeerProcess(peer_python) if peer_python else None
     try:
@@ -258,13 +341,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="compute dtype (default: float32 on CPU, bfloat16 elsewhere)",
     )
-    size_specs.add_model_options(parser)
+    add_model_options(parser)
     parser.add_argument(
-        "--sizes", default=None, help="comma-separated tiny,medium,large (default tiny,medium)"
+        "--sizes",
+        default=None,
+        help="comma-separated tiny,medium,large,xl (configs/benchmark.py; default tiny,medium)",
     )
     parser.add_argument(
         "--models",
-        default=",".join(size_specs.MODELS),
+        default=",".join(MODELS),
         help="comma-separated subset of prior,decoder,upsampler; the e2e row needs all three",
     )
     parser.add_argument(
@@ -309,9 +394,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.sizes.split(",") if args.sizes else (["tiny"] if args.quick else ["tiny", "medium"])
     )
     models = [m for m in args.models.split(",") if m]
-    unknown = sorted(set(models) - set(size_specs.MODELS))
+    unknown = sorted(set(models) - set(MODELS))
     if unknown:
-        raise SystemExit(f"Unknown models {unknown}; choose from {size_specs.MODELS}.")
+        raise SystemExit(f"Unknown models {unknown}; choose from {MODELS}.")
     modes = [m for m in args.modes.split(",") if m]
     if not modes or set(modes) - {"train", "sample"}:
         raise SystemExit(f"--modes {args.modes!r}: choose from train,sample.")
@@ -332,19 +417,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     rows = []
     for size_name in size_names:
-        size = size_specs.get_size(size_name, args.prior_residual_dtype)
+        configs = size_configs(size_name, dtype, args)
         cache: dict = {}  # sampling stages and params, shared by the sample rows and e2e
         jobs = [(m, mode) for mode in ("train", "sample") if mode in modes for m in models]
-        if "sample" in modes and set(models) == set(size_specs.MODELS):
+        if "sample" in modes and set(models) == set(MODELS):
             jobs.append(("e2e", "sample"))
         for model, mode in jobs:
             row = bench_row(
                 model,
                 mode,
                 size_name,
-                size,
+                configs,
                 dtype=dtype,
-                attention=args.attention,
                 schedule=schedule,
                 peak=peak_start["flops_per_s"],
                 platform=device["platform"],

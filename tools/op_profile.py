@@ -36,8 +36,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # configs/, benchmarks/, tools/: not installed
 
-from benchmarks import sizes as size_specs  # noqa: E402
-from benchmarks.run import PEER_VENV, PeerProcess  # noqa: E402
+from benchmarks.run import (  # noqa: E402
+    PEER_VENV,
+    PeerProcess,
+    add_model_options,
+    peer_size,
+    size_configs,
+)
 
 CATEGORIES = (
     ("collective", re.compile(r"all-reduce|all-gather|reduce-scatter|all-to-all|nccl|collective")),
@@ -165,9 +170,9 @@ def format_summary(summary: dict[str, Any]) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=("prior", "decoder", "upsampler"), required=True)
-    parser.add_argument("--size", default="tiny", help="a size of benchmarks/sizes.py")
+    parser.add_argument("--size", default="tiny", help="a size of configs/benchmark.py")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None)
-    size_specs.add_model_options(parser)
+    add_model_options(parser)
     parser.add_argument("--warmup", type=int, default=2, help="untraced steps first")
     parser.add_argument("--steps", type=int, default=5, help="traced steps")
     parser.add_argument("--top", type=int, default=25)
@@ -184,14 +189,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def profile_ours(args: argparse.Namespace, spec: dict[str, Any]) -> dict[str, Any]:
-    """Our train step traced with jax.profiler into args.out, summarised per HLO op."""
+def profile_ours(args: argparse.Namespace, config: Any) -> dict[str, Any]:
+    """Our train step (stage `config`) traced with jax.profiler into args.out, summarised per
+    HLO op."""
     import jax
 
     from benchmarks import ours
 
-    dtype = args.dtype or ("float32" if jax.default_backend() == "cpu" else "bfloat16")
-    runner = ours.TrainRunner(args.model, spec, dtype, args.attention)
+    runner = ours.TrainRunner(config)
     info = runner.setup()
     runner.run(args.warmup)
     options = jax.profiler.ProfileOptions()
@@ -201,7 +206,7 @@ def profile_ours(args: argparse.Namespace, spec: dict[str, Any]) -> dict[str, An
         times = runner.run(args.steps)
     summary = summarize(load_trace(args.out), args.steps, statistics.median(times), args.top)
     summary.update(
-        dtype=dtype,
+        dtype=config.model.dtype,
         attention=args.attention,
         prior_residual_dtype=args.prior_residual_dtype,
         **ours.device_info(),
@@ -210,10 +215,9 @@ def profile_ours(args: argparse.Namespace, spec: dict[str, Any]) -> dict[str, An
     return summary
 
 
-def profile_peer(args: argparse.Namespace, size: dict[str, Any]) -> dict[str, Any]:
-    """DALLE2-pytorch's train step at the same size under torch.profiler (self time per
-    operator), in the peer's environment as `run.py` starts it."""
-    dtype = args.dtype or "float32"
+def profile_peer(args: argparse.Namespace, size: dict[str, Any], dtype: str) -> dict[str, Any]:
+    """DALLE2-pytorch's train step at the same size (`peer_size`) under torch.profiler (self
+    time per operator), in the peer's environment as `run.py` starts it."""
     peer = PeerProcess(args.peer_python)
     try:
         info = peer.request(op="setup", model=args.model, mode="train", size=size, dtype=dtype)
@@ -229,12 +233,18 @@ def profile_peer(args: argparse.Namespace, size: dict[str, Any]) -> dict[str, An
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    size = size_specs.get_size(args.size, args.prior_residual_dtype)
+    if args.peer:  # the peer computes in float32 unless told otherwise
+        dtype = args.dtype or "float32"
+    else:
+        import jax
+
+        dtype = args.dtype or ("float32" if jax.default_backend() == "cpu" else "bfloat16")
+    configs = size_configs(args.size, dtype, args)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.peer:
-        summary = profile_peer(args, size)
+        summary = profile_peer(args, peer_size(configs), dtype)
     else:
-        summary = profile_ours(args, size[args.model])
+        summary = profile_ours(args, configs[args.model])
     summary.update(model=args.model, size=args.size)
     (args.out / "ops.json").write_text(json.dumps(summary, indent=2))
     print(format_summary(summary))

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # configs/, benchmarks/, tools/: not installed
 
-from benchmarks import sizes as size_specs  # noqa: E402
+from benchmarks.run import add_model_options  # noqa: E402
 from tools import hlo_cost  # noqa: E402
 
 # Public datasheet figures (SXM parts): SMs, boost clock (GHz), HBM bandwidth (B/s), memory
@@ -124,11 +124,15 @@ def compile_for_gpu(
             f"Cannot compile for a CUDA target here ({e}). Install the CUDA plugin of this "
             f"jax: pip install jax-cuda13-plugin=={jax.__version__}"
         ) from e
-    spec = size_specs.get_size(size, prior_residual_dtype)[model]
-    stage, tx, step = ours.train_step_of(model, spec, dtype, attention)
+    from configs import benchmark
+
+    config = benchmark.stage_config(
+        model, size, dtype=dtype, attention=attention, prior_residual_dtype=prior_residual_dtype
+    )
+    stage, tx, step = ours.train_step_of(config)
     sharding = jax.sharding.SingleDeviceSharding(topology.devices[0])
     with cudnn_checks_for(gpu) if attention == "cudnn" else contextlib.nullcontext():
-        args = ours.abstract_train_args(stage, tx, spec["batch"], sharding)
+        args = ours.abstract_train_args(stage, tx, config.batch_size, sharding)
         lowered = jax.jit(step, donate_argnums=(0,)).lower(*args)
     return lowered.compile().as_text()
 
@@ -136,10 +140,10 @@ def compile_for_gpu(
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=("prior", "decoder", "upsampler"))
-    parser.add_argument("--size", default="large", help="a size of benchmarks/sizes.py")
+    parser.add_argument("--size", default="large", help="a size of configs/benchmark.py")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="bfloat16")
     parser.add_argument("--gpu", choices=sorted(GPUS), default="h200")
-    size_specs.add_model_options(parser)
+    add_model_options(parser)
     parser.add_argument("--hlo", type=Path, help="read this optimized HLO text instead")
     parser.add_argument("--peak-tflops", type=float, help="override the table's bf16 peak")
     parser.add_argument("--top", type=int, default=20)

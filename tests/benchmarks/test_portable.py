@@ -8,13 +8,14 @@ import jax
 import pytest
 from jax import export
 
-from benchmarks import ours, sizes
+from benchmarks import ours
+from configs import benchmark
 
 
 @pytest.mark.parametrize("model", ["prior", "decoder", "upsampler"])
 def test_train_step_lowers_for_gpu_and_tpu(model):
-    spec = sizes.get_size("tiny")[model]
-    stage, tx, step = ours.train_step_of(model, spec, "bfloat16", "xla")
-    args = ours.abstract_train_args(stage, tx, spec["batch"], None)
+    config = benchmark.stage_config(model, "tiny", dtype="bfloat16", attention="xla")
+    stage, tx, step = ours.train_step_of(config)
+    args = ours.abstract_train_args(stage, tx, config.batch_size, None)
     exported = export.export(jax.jit(step), platforms=("cuda", "tpu"))(*args)
     assert exported.platforms == ("cuda", "tpu")

@@ -138,12 +138,13 @@ def test_abstract_train_step_lowers_and_its_matmuls_are_most_of_the_model_flops(
     """The path roofline.py compiles (abstract state placed on a device), here on the CPU: the
     counted dot FLOPs of the tiny prior's step are at most XLA's model FLOPs, which add the
     elementwise work, and most of them."""
-    from benchmarks import ours, sizes
+    from benchmarks import ours
+    from configs import benchmark
 
-    spec = sizes.get_size("tiny")["prior"]
-    stage, tx, step = ours.train_step_of("prior", spec, "float32")
+    config = benchmark.stage_config("prior", "tiny", dtype="float32")
+    stage, tx, step = ours.train_step_of(config)
     cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
-    args = ours.abstract_train_args(stage, tx, spec["batch"], cpu)
+    args = ours.abstract_train_args(stage, tx, config.batch_size, cpu)
     text = jax.jit(step, donate_argnums=(0,)).lower(*args).compile().as_text()
     counted = sum(op.flops for op in hlo_cost.module_ops(text))
     assert 0.8 * ours.model_flops(step, *args) <= counted <= ours.model_flops(step, *args)

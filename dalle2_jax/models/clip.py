@@ -204,69 +204,6 @@ def _square(value: int | list[int] | tuple[int, ...], what: str) -> int:
     return int(value[0])
 
 
-def _openai(
-    patch: int, image: int, vision_width: int, vision_layers: int, text_width: int, embed_dim: int
-) -> CLIPConfig:
-    return CLIPConfig(
-        text=CLIPTextConfig(width=text_width, heads=text_width // 64, mlp_dim=4 * text_width),
-        vision=CLIPVisionConfig(
-            image_size=image,
-            patch_size=patch,
-            width=vision_width,
-            layers=vision_layers,
-            heads=vision_width // 64,
-            mlp_dim=4 * vision_width,
-        ),
-        embed_dim=embed_dim,
-    )
-
-
-CLIP_PRESETS: dict[str, CLIPConfig] = {
-    # OpenAI's released models (quick_gelu, legacy argmax pooling), as on the HF hub.
-    "vit_b32": _openai(32, 224, 768, 12, 512, 512),
-    "vit_b16": _openai(16, 224, 768, 12, 512, 512),
-    "vit_l14": _openai(14, 224, 1024, 24, 768, 768),
-    "vit_l14_336": _openai(14, 336, 1024, 24, 768, 768),
-    # DALL-E 2 paper (Ramesh et al. 2022, appendix C): ViT-H/16 at 256 px, width 1280, 32
-    # blocks; text width 1024, 24 blocks; joint space 1024. About 1.0B parameters.
-    "dalle2_vit_h16": CLIPConfig(
-        text=CLIPTextConfig(width=1024, layers=24, heads=16, mlp_dim=4096, act="gelu"),
-        vision=CLIPVisionConfig(
-            image_size=256, patch_size=16, width=1280, layers=32, heads=16, mlp_dim=5120, act="gelu"
-        ),
-        embed_dim=1024,
-    ),
-    # For tests and CPU smoke runs.
-    "tiny": CLIPConfig(
-        text=CLIPTextConfig(
-            vocab_size=128,
-            context_length=16,
-            width=32,
-            layers=2,
-            heads=4,
-            mlp_dim=64,
-            eos_token_id=1,
-            pooling="eos",
-        ),
-        vision=CLIPVisionConfig(
-            image_size=32, patch_size=8, width=32, layers=2, heads=4, mlp_dim=64
-        ),
-        embed_dim=32,
-    ),
-}
-
-
-def clip_config(name: str, **overrides: Any) -> CLIPConfig:
-    """A named preset (see CLIP_PRESETS), with top-level fields replaced by `overrides`."""
-    if name not in CLIP_PRESETS:
-        raise ValueError(f"Unknown CLIP preset {name!r}; known: {sorted(CLIP_PRESETS)}.")
-    return dataclasses.replace(CLIP_PRESETS[name], **overrides)
-
-
-# ---------------------------------------------------------------------------------------------
-# Modules
-# ---------------------------------------------------------------------------------------------
-
 ACTIVATION_AXES = ("batch", "length", "embed")
 
 

@@ -46,8 +46,7 @@ NUM_TAIL_TOKENS = 4  # text embedding, timestep, noised image embedding, final q
 
 @dataclasses.dataclass(frozen=True)
 class PriorConfig:
-    """Shape of the prior. Defaults: the paper's 1B prior on ViT-L/14 CLIP (see
-    configs/prior_paper.py).
+    """Shape of the prior (sizes: configs/, e.g. the paper's 1B prior in configs/prior_paper.py).
 
     clip_embed_dim: CLIP joint-space dim D of the text / image embeddings.
     text_len, text_width: number L and width W of the CLIP caption token encodings.
@@ -68,12 +67,12 @@ class PriorConfig:
         statistics stay float32 either way.
     """
 
-    clip_embed_dim: int = 768
-    text_len: int = 77
-    text_width: int = 768
-    width: int = 2048
-    depth: int = 20
-    heads: int = 32
+    clip_embed_dim: int
+    text_len: int
+    text_width: int
+    width: int
+    depth: int
+    heads: int
     mlp_dim: int = 0
     use_text_encodings: bool = True
     time_embed_dim: int = 128

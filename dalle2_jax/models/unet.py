@@ -71,13 +71,13 @@ class UNetConfig:
         dalle2_jax.models.attention).
     """
 
-    image_size: int = 64
+    image_size: int
+    model_channels: int
+    channel_mult: tuple[int, ...]
+    num_res_blocks: int
+    attention_resolutions: tuple[int, ...]
     in_channels: int = 3
     out_channels: int = 3
-    model_channels: int = 192
-    channel_mult: tuple[int, ...] = (1, 2, 3, 4)
-    num_res_blocks: int = 3
-    attention_resolutions: tuple[int, ...] = (32, 16, 8)
     num_head_channels: int = 64
     dropout: float = 0.0
     use_scale_shift_norm: bool = True
@@ -448,106 +448,3 @@ class UNet(nn.Module):
             jnp.concatenate(tokens, axis=1), ("batch", "length", "embed")
         )
         return emb, context, jnp.concatenate(masks, axis=1)
-
-
-# ---------------------------------------------------------------------------------------------
-# Presets: the unCLIP paper's models (Ramesh et al. 2022, Table 3) and tiny CPU-scale variants.
-# ---------------------------------------------------------------------------------------------
-
-
-def decoder_3p5b() -> UNetConfig:
-    """unCLIP 64 px decoder: GLIDE's 3.5B model (2.3B U-Net + 1.2B text transformer) + CLIP.
-
-    GLIDE's 3.5B count includes its 24-layer, 2048-wide text transformer (~1.2B); the U-Net
-    proper (width 512, whose attention layers read 2048-wide context) is ~2.3B. Here the text
-    transformer runs on CLIP's 768-wide caption token encodings instead of its own BPE
-    embeddings, and the 768-d CLIP image embedding adds 4 context tokens.
-    """
-    return UNetConfig(
-        image_size=64,
-        model_channels=512,
-        channel_mult=(1, 2, 3, 4),
-        num_res_blocks=3,
-        attention_resolutions=(32, 16, 8),
-        num_head_channels=64,
-        dropout=0.1,
-        clip_embed_dim=768,
-        num_clip_tokens=4,
-        text_width=768,
-        context_dim=2048,
-        text_encoder_layers=24,
-        text_encoder_heads=32,
-        learned_sigma=True,
-    )
-
-
-def upsampler_64_256_700m() -> UNetConfig:
-    """unCLIP 64->256 upsampler (~700M): width 320, 3 blocks, mult 1,2,3,4, no attention."""
-    return UNetConfig(
-        image_size=256,
-        model_channels=320,
-        channel_mult=(1, 2, 3, 4),
-        num_res_blocks=3,
-        attention_resolutions=(),
-        low_res_channels=3,
-    )
-
-
-def upsampler_256_1024_300m() -> UNetConfig:
-    """unCLIP 256->1024 upsampler (~300M): width 192, 2 blocks, mult 1,1,2,2,4,4, no attention."""
-    return UNetConfig(
-        image_size=1024,
-        model_channels=192,
-        channel_mult=(1, 1, 2, 2, 4, 4),
-        num_res_blocks=2,
-        attention_resolutions=(),
-        low_res_channels=3,
-    )
-
-
-def tiny_decoder() -> UNetConfig:
-    """CPU-scale decoder for tests and demos: 16 px, widths 32/64, CLIP + text context."""
-    return UNetConfig(
-        image_size=16,
-        model_channels=32,
-        channel_mult=(1, 2),
-        num_res_blocks=1,
-        attention_resolutions=(8,),
-        num_head_channels=16,
-        clip_embed_dim=16,
-        num_clip_tokens=4,
-        text_width=24,
-        context_dim=32,
-        text_encoder_layers=1,
-        text_encoder_heads=2,
-        learned_sigma=True,
-    )
-
-
-def tiny_upsampler() -> UNetConfig:
-    """CPU-scale upsampler (8 -> 16 px) for tests and demos: widths 32/64, no attention."""
-    return UNetConfig(
-        image_size=16,
-        model_channels=32,
-        channel_mult=(1, 2),
-        num_res_blocks=1,
-        attention_resolutions=(),
-        resblock_updown=False,
-        low_res_channels=3,
-    )
-
-
-PRESETS: dict[str, Callable[[], UNetConfig]] = {
-    "decoder_3p5b": decoder_3p5b,
-    "upsampler_64_256_700m": upsampler_64_256_700m,
-    "upsampler_256_1024_300m": upsampler_256_1024_300m,
-    "tiny_decoder": tiny_decoder,
-    "tiny_upsampler": tiny_upsampler,
-}
-
-
-def get_preset(name: str, **overrides) -> UNetConfig:
-    """The named preset's config, with fields replaced by `overrides` (e.g. dtype="bfloat16")."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown U-Net preset {name!r}; choose one of {sorted(PRESETS)}")
-    return dataclasses.replace(PRESETS[name](), **overrides)

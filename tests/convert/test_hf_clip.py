@@ -21,7 +21,8 @@ import transformers
 from safetensors.numpy import load_file, save_file
 
 from dalle2_jax.convert.hf_clip import load_hf_clip, save_hf_clip, state_dict_to_params
-from dalle2_jax.models.clip import CLIP, clip_config, dummy_inputs
+from dalle2_jax.models.clip import CLIP, dummy_inputs
+from tests.models.presets import tiny_clip
 
 VOCAB, CONTEXT, BATCH_TEXT, BATCH_IMAGE = 100, 16, 3, 2
 TOL = 1e-4
@@ -147,7 +148,7 @@ def test_import_matches_pytorch(tmp_path, act, eos_token_id, fmt):
 
 
 def test_export_loads_in_transformers(tmp_path):
-    config = clip_config("tiny")
+    config = tiny_clip()
     variables = CLIP(config).init(jax.random.key(1), *dummy_inputs(config))
     params = jax.tree.map(  # perturb so biases and LayerNorm affines are informative
         lambda x: np.asarray(x) + 0.05 * np.random.default_rng(x.size).standard_normal(x.shape),

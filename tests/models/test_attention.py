@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 
 from dalle2_jax.models.attention import check_implementation, cudnn_attention, pad_to_even
-from dalle2_jax.models.clip import CLIP, CLIP_PRESETS, CLIPConfig
+from dalle2_jax.models.clip import CLIP, CLIPConfig
 from dalle2_jax.models.clip import dummy_inputs as clip_dummy_inputs
 from dalle2_jax.models.layers import causal_mask, dot_product_attention
 from dalle2_jax.models.prior import DiffusionPrior, PriorConfig, dummy_inputs
 from dalle2_jax.models.unet import UNet, UNetConfig
+from tests.models.presets import tiny_clip, tiny_decoder
 
 
 def _qkv(t: int, s: int, seed: int = 0):
@@ -95,13 +96,15 @@ def test_check_implementation():
 
 
 def test_model_configs_check_their_attention():
+    prior = dict(clip_embed_dim=8, text_len=2, text_width=8, width=16, depth=1, heads=2)
     with pytest.raises(ValueError, match="bfloat16 or float16"):
-        PriorConfig(attention="cudnn")  # float32 by default
+        PriorConfig(**prior, attention="cudnn")  # float32 by default
+    unet = tiny_decoder(attention="xla")
     with pytest.raises(ValueError, match="Unknown attention"):
-        UNetConfig(attention="flash")
+        dataclasses.replace(unet, attention="flash")
     with pytest.raises(ValueError, match="Unknown attention"):
         CLIPConfig(attention="flash")
-    assert UNetConfig(attention="cudnn", dtype="bfloat16").attention == "cudnn"
+    assert dataclasses.replace(unet, attention="cudnn", dtype="bfloat16").attention == "cudnn"
     assert CLIPConfig(attention="cudnn", dtype="bfloat16").attention == "cudnn"
 
 
@@ -127,7 +130,7 @@ def _init_decoder_unet(attention: str) -> None:
 
 
 def _init_clip(attention: str) -> None:
-    cfg = dataclasses.replace(CLIP_PRESETS["tiny"], dtype="bfloat16", attention=attention)
+    cfg = tiny_clip(dtype="bfloat16", attention=attention)
     jax.eval_shape(lambda: CLIP(cfg).init(jax.random.key(0), *clip_dummy_inputs(cfg, 2)))
 
 

@@ -16,15 +16,19 @@ import pytest
 import torch
 import transformers
 
+from configs import clip_paper
 from dalle2_jax.models.clip import (
     CLIP,
     CLIPConfig,
-    clip_config,
+    CLIPTextConfig,
+    CLIPVisionConfig,
     dummy_inputs,
     preprocess_images,
 )
+from dalle2_jax.stages.clip import clip_config_from
 from dalle2_jax.train.mesh import make_mesh
 from dalle2_jax.train.sharding import DEFAULT_RULES
+from tests.models.presets import tiny_clip
 
 
 def abstract_variables(config: CLIPConfig):
@@ -38,7 +42,7 @@ def count(tree) -> int:
 @pytest.fixture(scope="module")
 def tiny():
     """(config, model, unboxed variables) of the tiny preset, initialised once."""
-    config = clip_config("tiny")
+    config = tiny_clip()
     model = CLIP(config)
     variables = jax.jit(lambda k: model.init(k, *dummy_inputs(config)))(jax.random.key(0))
     return config, model, nn.unbox(variables)
@@ -51,6 +55,38 @@ OPENAI_HUB = {
     "vit_l14": dict(text=(768, 12, 3072), vision=(1024, 24, 16, 4096, 224, 14), proj=768),
     "vit_l14_336": dict(text=(768, 12, 3072), vision=(1024, 24, 16, 4096, 336, 14), proj=768),
 }
+
+
+def openai(patch: int, image: int, vision_width: int, vision_layers: int, text_width: int):
+    """OpenAI's CLIP layout: 64-wide heads, 4x MLPs, 12 text layers, projection = text width."""
+    return CLIPConfig(
+        text=CLIPTextConfig(width=text_width, heads=text_width // 64, mlp_dim=4 * text_width),
+        vision=CLIPVisionConfig(
+            image_size=image,
+            patch_size=patch,
+            width=vision_width,
+            layers=vision_layers,
+            heads=vision_width // 64,
+            mlp_dim=4 * vision_width,
+        ),
+        embed_dim=text_width,
+    )
+
+
+CONFIGS = {
+    "vit_b32": openai(32, 224, 768, 12, 512),
+    "vit_b16": openai(16, 224, 768, 12, 512),
+    "vit_l14": openai(14, 224, 1024, 24, 768),
+    "vit_l14_336": openai(14, 336, 1024, 24, 768),
+    "dalle2_vit_h16": dataclasses.replace(  # compute options are not part of an HF config
+        clip_config_from(clip_paper.get_config().model, None), dtype="float32", remat=False
+    ),
+    "tiny": tiny_clip(),
+}
+
+
+def clip_config(name: str) -> CLIPConfig:
+    return CONFIGS[name]
 
 
 @pytest.mark.parametrize("name", sorted(OPENAI_HUB))
@@ -128,7 +164,7 @@ def test_paper_scale_preset_size():
 
 
 def test_param_names_and_dtypes():
-    boxed = abstract_variables(clip_config("tiny"))["params"]
+    boxed = abstract_variables(tiny_clip())["params"]
     allowed = {n for n, _ in DEFAULT_RULES} | {None}
     for path, leaf in jax.tree_util.tree_flatten_with_path(
         boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned)

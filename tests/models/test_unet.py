@@ -13,10 +13,13 @@ import optax
 import pytest
 import torch
 
+from configs import decoder_paper, upsampler_paper
+from dalle2_jax import stages
 from dalle2_jax.models.embeddings import timestep_embedding
-from dalle2_jax.models.unet import UNet, UNetConfig, get_preset
+from dalle2_jax.models.unet import UNet, UNetConfig
 from dalle2_jax.models.unet_blocks import Conv
 from dalle2_jax.train.sharding import DEFAULT_RULES
+from tests.models.presets import tiny_decoder, tiny_upsampler
 
 BATCH, SIZE, TEXT_LEN = 2, 16, 6
 
@@ -83,7 +86,7 @@ def _jit_apply(cfg: UNetConfig):
 @pytest.fixture(scope="module")
 def decoder():
     """(config, initial params, random params, jitted apply) of the tiny decoder."""
-    cfg = get_preset("tiny_decoder")
+    cfg = tiny_decoder()
     kw = _inputs(cfg)
     return cfg, _init(cfg, kw), _random_params(cfg, kw), _jit_apply(cfg)
 
@@ -162,7 +165,8 @@ def test_decoder_output_is_zero_at_init_and_zero_init_layers_match_adm(decoder):
     [("tiny_decoder", False, 3), ("tiny_decoder", True, 6), ("tiny_upsampler", True, 6)],
 )
 def test_output_shapes(preset, learned_sigma, out_channels):
-    cfg = dataclasses.replace(get_preset(preset), learned_sigma=learned_sigma)
+    presets = {"tiny_decoder": tiny_decoder, "tiny_upsampler": tiny_upsampler}
+    cfg = presets[preset](learned_sigma=learned_sigma)
     kw = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), _inputs(cfg))
     x, t = kw.pop("x"), kw.pop("t")
     variables = _abstract_variables(cfg, _inputs(cfg))
@@ -171,7 +175,7 @@ def test_output_shapes(preset, learned_sigma, out_channels):
 
 
 def test_upsampler_is_fully_convolutional_and_reads_the_low_res_image():
-    cfg = get_preset("tiny_upsampler")
+    cfg = tiny_upsampler()
     params = _random_params(cfg, _inputs(cfg))
     model = UNet(cfg)
     for height, width, low in [(16, 16, 8), (64, 32, 8), (8, 8, 4), (12, 20, 3)]:
@@ -250,7 +254,7 @@ def test_text_tokens_change_output_but_padding_does_not(decoder):
 
 
 def test_bfloat16_compute_with_float32_params_norms_and_output():
-    cfg = dataclasses.replace(get_preset("tiny_decoder"), dtype="bfloat16")
+    cfg = dataclasses.replace(tiny_decoder(), dtype="bfloat16")
     kw = _inputs(cfg)
     variables = nn.unbox(_abstract_variables(cfg, kw))
     assert {p.dtype for p in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
@@ -264,7 +268,7 @@ def test_bfloat16_compute_with_float32_params_norms_and_output():
 
 
 def test_errors_say_what_is_wrong():
-    cfg = get_preset("tiny_decoder")
+    cfg = tiny_decoder()
 
     def init(**changes):
         kw = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), _inputs(cfg))
@@ -280,13 +284,11 @@ def test_errors_say_what_is_wrong():
     with pytest.raises(ValueError, match="multiples of 2"):
         init(x=jnp.zeros((BATCH, 15, 15, 3)))
     with pytest.raises(ValueError, match="multiple of 4"):
-        UNetConfig(image_size=18, model_channels=32, channel_mult=(1, 2, 2))
+        tiny_decoder(image_size=18, channel_mult=(1, 2, 2))
     with pytest.raises(ValueError, match="attention resolution 12"):
-        UNetConfig(
-            image_size=16, model_channels=32, channel_mult=(1, 2), attention_resolutions=(12,)
-        )
+        tiny_decoder(image_size=16, channel_mult=(1, 2), attention_resolutions=(12,))
 
-    up = get_preset("tiny_upsampler")
+    up = tiny_upsampler()
     with pytest.raises(ValueError, match="upsampler.*pass low_res"):
         UNet(up).init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)), jnp.array([1]))
 
@@ -319,7 +321,7 @@ def test_adam_steps_reduce_mse_on_a_fixed_batch(decoder):
     assert losses[-1] < 0.8 * losses[0], losses
 
 
-# --- Paper-scale presets: abstract shapes only ------------------------------------------------
+# --- Paper-scale configs (configs/decoder_paper.py, upsampler_paper.py): abstract shapes only --
 
 PAPER_COUNTS = {  # Ramesh et al. 2022 (unCLIP), Table 3
     "decoder_3p5b": 3.5e9,
@@ -328,8 +330,15 @@ PAPER_COUNTS = {  # Ramesh et al. 2022 (unCLIP), Table 3
 }
 
 
+PAPER_CONFIGS = {
+    "decoder_3p5b": decoder_paper.get_config,
+    "upsampler_64_256_700m": lambda: upsampler_paper.get_config("64_256"),
+    "upsampler_256_1024_300m": lambda: upsampler_paper.get_config("256_1024"),
+}
+
+
 def _paper_params(name: str) -> dict:
-    cfg = get_preset(name)
+    cfg = stages.get_stage(PAPER_CONFIGS[name]()).unet_config
     kw = _inputs(cfg, size=64, batch=1)
     return _abstract_variables(cfg, kw)["params"]
 
@@ -384,9 +393,7 @@ def test_paper_decoder_params_are_sharded_on_8_devices(decoder_3p5b_abstract):
 def test_born_sharded_init_and_forward_under_the_rules():
     """jit(init, out_shardings) from the logical names, then a forward pass whose activation
     constraints resolve on a (data, fsdp, tensor) = (2, 2, 2) mesh."""
-    cfg = dataclasses.replace(
-        get_preset("tiny_decoder"), channel_mult=(1,), attention_resolutions=(16,)
-    )
+    cfg = dataclasses.replace(tiny_decoder(), channel_mult=(1,), attention_resolutions=(16,))
     mesh = jax.make_mesh(
         (2, 2, 2), ("data", "fsdp", "tensor"), axis_types=(jax.sharding.AxisType.Auto,) * 3
     )
@@ -425,9 +432,9 @@ def test_norm_groups_of_8_channels_is_instance_norm(groups, erased):
 def test_norm_groups_reach_every_group_norm_and_are_validated():
     """Widths 8 / 16 build with 8 groups; a single GroupNorm left at ADM's 32 groups would fail
     on 8 channels."""
-    cfg = get_preset("tiny_decoder", model_channels=8, num_head_channels=8, norm_groups=8)
+    cfg = tiny_decoder(model_channels=8, num_head_channels=8, norm_groups=8)
     assert _abstract_variables(cfg, _inputs(cfg))
-    up = get_preset("tiny_upsampler", model_channels=8, norm_groups=8)
+    up = tiny_upsampler(model_channels=8, norm_groups=8)
     assert _abstract_variables(up, _inputs(up))
     with pytest.raises(ValueError, match="multiples of norm_groups=16"):
         dataclasses.replace(cfg, norm_groups=16)

@@ -56,6 +56,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             "embed_dim": 1024,
             "dtype": "bfloat16",
             "remat": True,
+            "attention": "xla",
         }
     )
     config.eval = ml_collections.ConfigDict({"num_examples": 1024})

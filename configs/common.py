@@ -6,6 +6,24 @@ from ml_collections.config_dict import placeholder
 from dalle2_jax.train.sharding import DEFAULT_RULES
 
 
+def diffusion_config(**fields) -> ml_collections.ConfigDict:
+    """`config.diffusion` of a diffusion stage: schedule, length and every training-loss option
+    (`dalle2_jax.diffusion.loss_options_from`), declared so the command line can set them."""
+    config = ml_collections.ConfigDict(
+        {
+            "schedule": "cosine",  # or "linear"
+            "num_timesteps": 1000,
+            "snr_weighting": "",  # "", "p2" or "min_snr"
+            "min_snr_gamma": 5.0,
+            "timestep_sampling": "uniform",  # or "logit_normal" (Stable Diffusion 3)
+            "timestep_loc": 0.0,
+            "timestep_scale": 1.0,
+        }
+    )
+    config.update(fields)
+    return config
+
+
 def base_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.stage = ""

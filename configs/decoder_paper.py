@@ -63,8 +63,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             "attention": "xla",
         }
     )
-    config.diffusion = ml_collections.ConfigDict(
-        {"schedule": "cosine", "num_timesteps": 1000, "prediction": "eps"}
+    config.diffusion = common.diffusion_config(
+        schedule="cosine", num_timesteps=1000, prediction="eps"
     )
     config.sample = ml_collections.ConfigDict(
         {"num_steps": 250, "sampler": "ddpm", "guidance_scale": 3.0}

@@ -42,10 +42,12 @@ def base_prior_config() -> ml_collections.ConfigDict:
             "dtype": "bfloat16",
             "scan_layers": True,
             "remat": True,
+            "attention": "xla",  # or "cudnn" (NVIDIA GPUs, bfloat16)
+            "residual_dtype": "float32",  # or "bfloat16" (docs/stages.md)
             "cond_drop_prob": 0.1,  # caption replaced by the learned null (for guidance)
         }
     )
-    config.diffusion = ml_collections.ConfigDict({"num_timesteps": 1000, "schedule": "cosine"})
+    config.diffusion = common.diffusion_config(schedule="cosine", num_timesteps=1000)
     # Normalisation of the diffused image embedding: "fixed" multiplies unit-norm embeddings
     # by `scale` (None: sqrt(clip_embed_dim)); "mean_std" uses per-dimension statistics of the first
     # `num_examples` training examples, saved in the workdir.

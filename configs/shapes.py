@@ -81,6 +81,7 @@ def clip_config(tiny: bool = False) -> ml_collections.ConfigDict:
             "embed_dim": EMBED_DIM,
             "dtype": "float32",
             "remat": False,
+            "attention": "xla",
         }
     )
     config.eval = ml_collections.ConfigDict({"num_examples": 256})
@@ -194,10 +195,11 @@ def decoder_config(tiny: bool = False) -> ml_collections.ConfigDict:
             "image_drop_prob": 0.1,
             "text_drop_prob": 0.5,
             "dtype": "float32",
+            "attention": "xla",
         }
     )
-    config.diffusion = ml_collections.ConfigDict(
-        {"schedule": "cosine", "num_timesteps": 1000, "prediction": "v"}
+    config.diffusion = common.diffusion_config(
+        schedule="cosine", num_timesteps=1000, prediction="v"
     )
     # DPM-Solver++(2M) in 25 steps: as good as 64 DDPM steps here, and faster (docs/demo-log.md).
     config.sample = ml_collections.ConfigDict(
@@ -257,10 +259,11 @@ def upsampler_config(tiny: bool = False) -> ml_collections.ConfigDict:
             "resblock_updown": True,
             "dropout": 0.0,
             "dtype": "float32",
+            "attention": "xla",
         }
     )
-    config.diffusion = ml_collections.ConfigDict(
-        {"schedule": "cosine", "num_timesteps": 1000, "prediction": "v"}
+    config.diffusion = common.diffusion_config(
+        schedule="cosine", num_timesteps=1000, prediction="v"
     )
     # 10 DDIM steps keep the attributes as well as 27, in less time (docs/demo-log.md).
     config.sample = ml_collections.ConfigDict({"num_steps": 10, "sampler": "ddim"})

@@ -82,8 +82,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             "attention": "xla",
         }
     )
-    config.diffusion = ml_collections.ConfigDict(
-        {"schedule": v["schedule"], "num_timesteps": 1000, "prediction": "eps"}
+    config.diffusion = common.diffusion_config(
+        schedule=v["schedule"], num_timesteps=1000, prediction="eps"
     )
     config.sample = ml_collections.ConfigDict({"num_steps": v["sample_steps"], "sampler": "ddim"})
     config.eval = ml_collections.ConfigDict({"num_examples": 16, "num_steps": v["sample_steps"]})

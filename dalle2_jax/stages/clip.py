@@ -56,6 +56,7 @@ def clip_config_from(cfg: ml_collections.ConfigDict, tokenizer: Tokenizer | None
         embed_dim=cfg.embed_dim,
         dtype=cfg.get("dtype", "float32"),
         remat=cfg.get("remat", False),
+        attention=cfg.get("attention", "xla"),
     )
 
 

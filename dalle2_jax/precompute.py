@@ -54,7 +54,7 @@ def precompute_embeddings(
     return ShardWriter(out_dir, shard_size=shard_size).num_complete
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--clip-workdir", help="workdir of a CLIP stage trained with train.py")
@@ -64,7 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-examples", type=int, required=True)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--shard-size", type=int, default=10_000)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     try:
         encoder = (
             ClipEncoder.from_clip_workdir(args.clip_workdir)

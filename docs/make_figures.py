@@ -1,4 +1,4 @@
-"""Figures for the README from a trained shapes workdir.
+"""Figures for the docs pages from a trained shapes workdir.
 
   python docs/make_figures.py --workdir runs/shapes --out docs/
 
@@ -24,12 +24,16 @@ from dalle2_jax.train.restore import load_stage
 from dalle2_jax.visualize import make_grid, save_png, to_uint8
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--out", default="docs")
     parser.add_argument("--num", type=int, default=8)
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     key = jax.random.key(0)
     decoder = load_stage(args.workdir, "decoder")
     size = decoder.stage.config.data.image_size

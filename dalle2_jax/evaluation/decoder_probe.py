@@ -152,7 +152,7 @@ def _truth_and_noise(
     return x0, noise
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workdir", required=True, type=Path, help="trained clip/ and decoder/")
     p.add_argument("--num", type=int, default=64, help="captions per split (seen, held-out)")
@@ -167,7 +167,11 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated timesteps t: also score the one-shot x0 prediction from x_t",
     )
     p.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     try:
         encoder = ClipEncoder.from_clip_workdir(args.workdir)
         decoder = load_stage(args.workdir, "decoder")

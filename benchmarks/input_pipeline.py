@@ -1,7 +1,8 @@
 """Input-pipeline throughput: examples/s of the grain loader on the shapes dataset and on
 webdataset shards (JPEG decode + resize + crop), next to a training step's consumption rate.
 
-  python benchmarks/input_pipeline.py [--batches 20] [--threads 2] [--out input.json]
+  python benchmarks/input_pipeline.py [--batches 20] [--batch-size 64] [--threads 2] \
+      [--out input.json]
 
 Reports the median over batches after one warm-up batch. A loader faster than the train step
 consumes examples keeps the accelerator fed; slower means the stage is input-bound.
@@ -57,13 +58,17 @@ def examples_per_sec(source, *, batch_size: int, batches: int, threads: int) -> 
     return batch_size / statistics.median(times)
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="")
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     kw = {"batch_size": args.batch_size, "batches": args.batches, "threads": args.threads}
     rows = []
     for size in (32, 64, 256):

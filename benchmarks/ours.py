@@ -80,10 +80,6 @@ def device_peak_bytes() -> int | None:
 # -- stages at the benchmark sizes ------------------------------------------------------------
 
 
-def build_stage(config: ml_collections.ConfigDict) -> Stage:
-    return stages.get_stage(config)
-
-
 def init_params(stage: Stage, seed: int = 0) -> Any:
     """Random parameters of the stage's shapes: kernels and embeddings N(0, 1/fan_in), biases
     0, norm scales 1. Shapes come from `jax.eval_shape(stage.init)`, which skips compiling
@@ -143,7 +139,7 @@ def _xla_memory_bytes(compiled: Any) -> int | None:
 
 def train_step_of(config: ml_collections.ConfigDict) -> tuple[Stage, Any, Any]:
     """(stage, optimizer, step): the trainer's step (loss, clipping, AdamW, EMA) of a stage."""
-    stage = build_stage(config)
+    stage = stages.get_stage(config)
     tx, schedule = make_optimizer(config.optim, config.num_steps)
     return stage, tx, make_train_step(stage.loss, tx, schedule, ema_decay=EMA_DECAY)
 
@@ -227,7 +223,7 @@ class SampleRunner:
 
     def _stage(self, model: str) -> tuple[Stage, Any]:
         if model not in self.cache:
-            stage = build_stage(self.configs[model])
+            stage = stages.get_stage(self.configs[model])
             self.cache[model] = (stage, init_params(stage))
         return self.cache[model]
 

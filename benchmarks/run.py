@@ -7,8 +7,8 @@
 
 One row per (model, size, mode). "train": median step time of the donated, jitted train step
 (loss + backward + clip + AdamW + EMA), examples/s, TFLOP/s from XLA's cost analysis of the
-step as traced (model FLOPs, `ours.model_flops`) and MFU against a peak measured here with a
-large matmul in the same dtype.
+step as traced (model FLOPs, `dalle2_jax.train.flops.model_flops`) and MFU against a peak
+measured here with a large matmul in the same dtype.
 "sample": latency of the prior, decoder and upsampler samplers and of the chain (model
 "e2e") for one caption batch, with random parameters. Compile time and memory are reported
 apart from step time. The sizes are stage configs (`configs/benchmark.py`). DALLE2-pytorch

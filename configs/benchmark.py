@@ -166,16 +166,11 @@ DTYPES = {"tiny": "float32", "medium": "float32", "large": "bfloat16", "xl": "bf
 # -- the stages' base configs: what every size shares; placeholders (None) are set by SIZES ----
 
 
-def _diffusion() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict({"schedule": "cosine", "num_timesteps": 1000})
-
-
 def prior_base() -> ml_collections.ConfigDict:
     """The paper prior's config (configs/prior_paper.py) attending to caption encodings, with
     the transformer unscanned and unrematerialised; width and D are set by `_prior_width`."""
     config = base_prior_config()
     config.model.update({"use_text_encodings": True, "scan_layers": False, "remat": False})
-    config.diffusion = _diffusion()
     config.sample.update({"sampler": "ddim", "guidance_scale": 1.0, "best_of": 2})
     return config
 
@@ -214,9 +209,11 @@ def decoder_base() -> ml_collections.ConfigDict:
             "text_width": placeholder(int),
             "context_dim": placeholder(int),
             "text_encoder_layers": 0,
+            "dtype": "float32",  # set per size (DTYPES) or by the benchmark
+            "attention": "xla",  # or "cudnn" (NVIDIA GPUs, bfloat16)
         }
     )
-    config.diffusion = _diffusion()
+    config.diffusion = common.diffusion_config(schedule="cosine", num_timesteps=1000)
     config.sample = ml_collections.ConfigDict(
         {"num_steps": placeholder(int), "sampler": "ddim", "guidance_scale": 1.0}
     )
@@ -244,9 +241,11 @@ def upsampler_base() -> ml_collections.ConfigDict:
             "attention_resolutions": (),
             "resblock_updown": False,
             "dropout": 0.0,
+            "dtype": "float32",  # set per size (DTYPES) or by the benchmark
+            "attention": "xla",
         }
     )
-    config.diffusion = _diffusion()
+    config.diffusion = common.diffusion_config(schedule="cosine", num_timesteps=1000)
     config.sample = ml_collections.ConfigDict({"num_steps": placeholder(int), "sampler": "ddim"})
     return config
 

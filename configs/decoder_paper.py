@@ -71,9 +71,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
     config.eval = ml_collections.ConfigDict({"num_examples": 64})
     config.optim.learning_rate = 1.2e-4
-    config.optim.b2 = 0.999
-    config.optim.eps = 1e-8
-    config.optim.weight_decay = 0.0
     config.optim.warmup_steps = 10_000
     config.optim.ema_decay = 0.9999
     config.checkpoint.every_steps = 5000

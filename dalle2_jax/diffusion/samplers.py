@@ -9,6 +9,7 @@ i - 1, and from index 0 to the clean sample (alphas_cumprod_prev[0] = 1).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import jax
@@ -57,6 +58,18 @@ def denoise(
     return x0, eps, variance_output
 
 
+def _denoiser(schedule, model_fn, prediction, variance, x0_transform):
+    """`denoise` with everything but (x_t, i) fixed, for the samplers' loop bodies."""
+    return functools.partial(
+        denoise,
+        schedule,
+        model_fn,
+        prediction=prediction,
+        variance=variance,
+        x0_transform=x0_transform,
+    )
+
+
 def ddpm_sample_loop(
     schedule: Schedule,
     model_fn: ModelFn,
@@ -75,16 +88,10 @@ def ddpm_sample_loop(
     """
     is_learned(variance)  # validates the name
 
+    denoise_at = _denoiser(schedule, model_fn, prediction, variance, x0_transform)
+
     def step(x: jax.Array, i: jax.Array):
-        x0, _, variance_output = denoise(
-            schedule,
-            model_fn,
-            x,
-            i,
-            prediction=prediction,
-            variance=variance,
-            x0_transform=x0_transform,
-        )
+        x0, _, variance_output = denoise_at(x, i)
         mean, _, _ = q_posterior(schedule, x0, x, i)
         log_variance = p_log_variance(schedule, i, x, variance, variance_output)
         noise = jax.random.normal(jax.random.fold_in(key, i), x.shape, jnp.float32)
@@ -115,16 +122,10 @@ def ddim_sample_loop(
     if stochastic and key is None:
         raise ValueError("DDIM with eta != 0 needs a PRNG key.")
 
+    denoise_at = _denoiser(schedule, model_fn, prediction, variance, x0_transform)
+
     def step(x: jax.Array, i: jax.Array):
-        x0, eps, _ = denoise(
-            schedule,
-            model_fn,
-            x,
-            i,
-            prediction=prediction,
-            variance=variance,
-            x0_transform=x0_transform,
-        )
+        x0, eps, _ = denoise_at(x, i)
         ab, ab_prev = schedule.alphas_cumprod[i], schedule.alphas_cumprod_prev[i]
         x = jnp.sqrt(ab_prev) * x0
         if stochastic:
@@ -156,17 +157,11 @@ def dpm_solver_pp_2m_loop(
     The final step (to sigma = 0) is first order and returns D = x0 of index 0, as k-diffusion.
     """
 
+    denoise_at = _denoiser(schedule, model_fn, prediction, variance, x0_transform)
+
     def step(carry, i: jax.Array):
         x, x0_prev, h_prev, first = carry
-        x0, _, _ = denoise(
-            schedule,
-            model_fn,
-            x,
-            i,
-            prediction=prediction,
-            variance=variance,
-            x0_transform=x0_transform,
-        )
+        x0, _, _ = denoise_at(x, i)
         ab, ab_prev = schedule.alphas_cumprod[i], schedule.alphas_cumprod_prev[i]
         last = i == 0
         safe_ab_prev = jnp.where(last, ab, ab_prev)  # avoid log(0) on the final step
@@ -214,16 +209,10 @@ def ddim_invert(
     schedule = respace_to(schedule, num_steps)
     transform = resolve_x0_transform(x0_transform)
 
+    denoise_at = _denoiser(schedule, model_fn, prediction, variance, transform)
+
     def eps_at(x: jax.Array, i: jax.Array) -> jax.Array:
-        return denoise(
-            schedule,
-            model_fn,
-            x,
-            i,
-            prediction=prediction,
-            variance=variance,
-            x0_transform=transform,
-        )[1]
+        return denoise_at(x, i)[1]
 
     def step(x_prev: jax.Array, k: jax.Array):
         ab, ab_prev = schedule.alphas_cumprod[k], schedule.alphas_cumprod_prev[k]

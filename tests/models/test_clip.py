@@ -17,18 +17,11 @@ import torch
 import transformers
 
 from configs import clip_paper
-from dalle2_jax.models.clip import (
-    CLIP,
-    CLIPConfig,
-    CLIPTextConfig,
-    CLIPVisionConfig,
-    dummy_inputs,
-    preprocess_images,
-)
+from dalle2_jax.models.clip import CLIP, CLIPConfig, dummy_inputs, preprocess_images
 from dalle2_jax.stages.clip import clip_config_from
 from dalle2_jax.train.mesh import make_mesh
 from dalle2_jax.train.sharding import DEFAULT_RULES
-from tests.models.presets import tiny_clip
+from tests.models.presets import openai_clip, tiny_clip
 
 
 def abstract_variables(config: CLIPConfig):
@@ -57,27 +50,11 @@ OPENAI_HUB = {
 }
 
 
-def openai(patch: int, image: int, vision_width: int, vision_layers: int, text_width: int):
-    """OpenAI's CLIP layout: 64-wide heads, 4x MLPs, 12 text layers, projection = text width."""
-    return CLIPConfig(
-        text=CLIPTextConfig(width=text_width, heads=text_width // 64, mlp_dim=4 * text_width),
-        vision=CLIPVisionConfig(
-            image_size=image,
-            patch_size=patch,
-            width=vision_width,
-            layers=vision_layers,
-            heads=vision_width // 64,
-            mlp_dim=4 * vision_width,
-        ),
-        embed_dim=text_width,
-    )
-
-
 CONFIGS = {
-    "vit_b32": openai(32, 224, 768, 12, 512),
-    "vit_b16": openai(16, 224, 768, 12, 512),
-    "vit_l14": openai(14, 224, 1024, 24, 768),
-    "vit_l14_336": openai(14, 336, 1024, 24, 768),
+    "vit_b32": openai_clip(32, 224, 768, 12, 512),
+    "vit_b16": openai_clip(16, 224, 768, 12, 512),
+    "vit_l14": openai_clip(14, 224, 1024, 24, 768),
+    "vit_l14_336": openai_clip(14, 336, 1024, 24, 768),
     "dalle2_vit_h16": dataclasses.replace(  # compute options are not part of an HF config
         clip_config_from(clip_paper.get_config().model, None), dtype="float32", remat=False
     ),

@@ -1,5 +1,6 @@
-"""Input-pipeline throughput: examples/s of the grain loader on the shapes dataset and on
-webdataset shards (JPEG decode + resize + crop), next to a training step's consumption rate.
+"""Input-pipeline throughput: examples/s of the grain loader on the shapes dataset, on
+webdataset shards and on the same samples converted to ArrayRecord files (JPEG decode + resize +
+crop), next to a training step's consumption rate.
 
   python benchmarks/input_pipeline.py [--batches 20] [--batch-size 64] [--threads 2] \
       [--out input.json]
@@ -22,9 +23,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from dalle2_jax.data.array_record import ArrayRecordSource
 from dalle2_jax.data.loader import BatchLoader
 from dalle2_jax.data.shapes import ShapesSource
 from dalle2_jax.data.shapes_render import render
+from dalle2_jax.data.to_array_record import convert
 from dalle2_jax.data.webdataset import WebDatasetSource
 
 
@@ -76,14 +79,21 @@ def main(argv: list[str] | None = None) -> None:
         rows.append({"source": "shapes", "image_size": size, "examples_per_sec": rate})
     with tempfile.TemporaryDirectory() as tmp:
         pattern = write_shards(Path(tmp), 4, 256, 256)
-        for size in (64, 256):
-            rate = examples_per_sec(WebDatasetSource(pattern, size), **kw)
-            rows.append(
-                {"source": "webdataset(jpeg 256px)", "image_size": size, "examples_per_sec": rate}
-            )
-    print(f"{'source':<24} {'size':>5} {'examples/s':>11}")
+        records = Path(tmp, "array_record")
+        convert(pattern, records, progress=False)
+        opened = {
+            "webdataset(jpeg 256px)": lambda size: WebDatasetSource(pattern, size),
+            "array_record(jpeg 256px)": lambda size: ArrayRecordSource(
+                str(records / "*.array_record"), size
+            ),
+        }
+        for name, source in opened.items():
+            for size in (64, 256):
+                rate = examples_per_sec(source(size), **kw)
+                rows.append({"source": name, "image_size": size, "examples_per_sec": rate})
+    print(f"{'source':<26} {'size':>5} {'examples/s':>11}")
     for r in rows:
-        print(f"{r['source']:<24} {r['image_size']:>5} {r['examples_per_sec']:>11.0f}")
+        print(f"{r['source']:<26} {r['image_size']:>5} {r['examples_per_sec']:>11.0f}")
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=2))
 

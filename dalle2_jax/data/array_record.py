@@ -17,9 +17,10 @@ build and parse records; `write_records` writes a file (group size 1, uncompress
 is read alone, and encoded images do not compress).
 
 Files: paths, globs and brace patterns ("gs://b/data/part-{00000..00063}-of-00064.array_record")
-are expanded with `etils.epath`, so local disk and GCS work (array_record >= 0.8 reads gs://
-natively; other remote schemes must be mounted). The global order is the sorted order of the
-file paths, then the record order in each file; so every host sees the same indices.
+are expanded with `etils.epath`, so local disk and GCS work (recent array_record wheels, 0.8.6
+here, read gs:// natively; other remote schemes must be mounted). The global order is the
+sorted order of the file paths, then the record order in each file, so every host sees the same
+indices.
 
 Bad input, with the shared policy of `image_text` (skipped and counted in `stats()`):
 

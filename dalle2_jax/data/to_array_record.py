@@ -8,8 +8,10 @@ then train with `--config.data.train_source=array_record:OUT_DIR/*.array_record:
 Output: one file per input shard (`OUT_DIR/00042.array_record` from `00042.tar`), or with
 `--records-per-file N` files of N records each (`part-00000-of-00013.array_record`, ...), in the
 record format of `dalle2_jax.data.array_record`. The image bytes are copied as stored, never
-re-encoded. Globally, record order is the order the webdataset source serves (shards sorted
-as given, samples in tar order), so both sources serve the same examples at the same indices.
+re-encoded. Records keep the webdataset source's order (shards as given, samples in tar
+order) and the ArrayRecord source reads files in sorted name order, so with shards given in
+sorted order (as globs and brace ranges give them) both sources serve the same examples at the
+same indices.
 
 Bad samples, split the way the webdataset source splits them:
 

@@ -22,10 +22,12 @@ TEXT_LEN = 40
 
 
 def embeddings_config(tiny: bool = False) -> ml_collections.ConfigDict:
-    """Which CLIP embeddings of the shapes dataset the prior and decoder train on."""
+    """Which CLIP embeddings of the shapes dataset the prior and decoder train on: the first
+    num_train / num_eval examples of each source, as CLIP sees them at image_size."""
     return ml_collections.ConfigDict(
         {
-            "seed": SEED,
+            "train_source": f"shapes:train:{CLIP_SIZE}:{SEED}",
+            "eval_source": f"shapes:eval:{CLIP_SIZE}:{SEED}",
             "image_size": CLIP_SIZE,
             "num_train": 64 if tiny else 20_000,
             "num_eval": 16 if tiny else 512,

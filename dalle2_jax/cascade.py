@@ -1,9 +1,10 @@
-"""The embedded demo end to end: CLIP -> embeddings -> prior -> decoder -> upsampler(s), then
-`samples.png` (a captioned grid for held-out prompts) and `eval.json` in the workdir.
+"""A cascade end to end: CLIP -> embeddings -> prior -> decoder -> upsampler(s), then
+`samples.png` (a captioned grid) and, for the embedded shapes demo, `eval.json` in the workdir.
 
 Each stage is an ordinary `train_and_evaluate` run in `workdir/<stage>/`, so each resumes on
-its own; the embedding shards are written once (resumably) after CLIP and read by the prior
-and the decoder.
+its own; the embedding shards are written once (resumably, every host its own range) after
+CLIP, or from a pretrained Hugging Face CLIP (`config.clip.hf_checkpoint`, which skips the CLIP
+stage), and read by the prior and the decoder.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from pathlib import Path
 
 import jax
 import ml_collections
+from jax.experimental import multihost_utils
 
-from dalle2_jax.data.shapes import ShapesSource
+from dalle2_jax.data.sources import open_source
 from dalle2_jax.precompute import precompute_embeddings
 from dalle2_jax.train.loop import train_and_evaluate
 
@@ -29,39 +31,64 @@ def embeddings_dir(workdir: str | Path, split: str) -> Path:
     return Path(workdir) / "embeddings" / split
 
 
-def ensure_embeddings(emb: ml_collections.ConfigDict, workdir: str | Path) -> None:
-    """CLIP embeddings of the shapes train / eval splits, from the workdir's CLIP stage."""
+def clip_encoder(config: ml_collections.ConfigDict, workdir: str | Path):
+    """The frozen CLIP a stage's embeddings come from: `config.clip.hf_checkpoint` if set, else
+    the workdir's CLIP stage."""
     from dalle2_jax.encoders import ClipEncoder
 
-    encoder = None
-    for split, count in (("train", emb.num_train), ("eval", emb.num_eval)):
-        out = embeddings_dir(workdir, split)
-        source = ShapesSource(seed=emb.seed, image_size=emb.image_size, split=split)
-        encoder = encoder or ClipEncoder.from_clip_workdir(workdir)
+    hf = (config.get("clip") or {}).get("hf_checkpoint")
+    return ClipEncoder.from_hf(hf) if hf else ClipEncoder.from_clip_workdir(workdir)
+
+
+def ensure_embeddings(emb: ml_collections.ConfigDict, encoder, workdir: str | Path) -> None:
+    """CLIP embeddings of `emb.train_source` / `eval_source` (their first num_train / num_eval
+    examples at CLIP's input size `emb.image_size`) by `encoder`. Every host embeds its own
+    range."""
+    for split in ("train", "eval"):
+        spec = emb[f"{split}_source"]
         precompute_embeddings(
             encoder,
-            source,
-            str(out),
-            num_examples=count,
+            open_source(spec, image_size=emb.image_size),
+            str(embeddings_dir(workdir, split)),
+            num_examples=emb[f"num_{split}"],
             batch_size=emb.batch_size,
             shard_size=emb.shard_size,
+            source_spec=spec,
             progress=jax.process_index() == 0,
         )
+    if jax.process_count() > 1:  # every host's range is on disk before any stage reads them
+        multihost_utils.sync_global_devices("embeddings written")
 
 
 def prepare_stage(config: ml_collections.ConfigDict, workdir: str | Path) -> None:
     """Point a prior/decoder config without an embeddings directory at the workdir's shards,
-    computing them first if needed (the CLIP stage must be trained)."""
+    computing them first if needed (with the workdir's trained CLIP stage or the configured
+    Hugging Face CLIP, whose widths and input size then set the config's)."""
     if config.stage not in EMBEDDING_STAGES or config.data.get("embeddings_dir"):
         return
-    if config.data.get("source", "shapes") == "synthetic":
+    if config.data.get("source") == "synthetic":
         return
     if "embeddings" not in config:
         raise ValueError(f"config.data.embeddings_dir is not set for stage {config.stage}.")
-    ensure_embeddings(config.embeddings, workdir)
+    encoder = clip_encoder(config, workdir)
     with config.unlocked():
+        if (config.get("clip") or {}).get("hf_checkpoint"):
+            match_clip(config, encoder.config)
         config.data.embeddings_dir = str(embeddings_dir(workdir, "train"))
         config.data.eval_embeddings_dir = str(embeddings_dir(workdir, "eval"))
+    ensure_embeddings(config.embeddings, encoder, workdir)
+
+
+def match_clip(config: ml_collections.ConfigDict, clip) -> None:
+    """Set a prior / decoder config's CLIP widths, caption length and CLIP input size to those
+    of a pretrained CLIP (`models.clip.CLIPConfig`), never hard-coded."""
+    config.embeddings.image_size = clip.vision.image_size
+    config.model.clip_embed_dim = clip.embed_dim
+    config.model.text_width = clip.text.width
+    if config.stage == "prior":
+        config.model.text_len = clip.text.context_length
+    else:
+        config.data.text_len = clip.text.context_length
 
 
 def train_cascade(config: ml_collections.ConfigDict, workdir: str | Path) -> dict | None:
@@ -69,7 +96,11 @@ def train_cascade(config: ml_collections.ConfigDict, workdir: str | Path) -> dic
     Returns None if a stage was preempted (SIGTERM): the run stops cleanly, resumable."""
     workdir = Path(workdir)
     timings = {}
+    pretrained_clip = (config.get("clip") or {}).get("hf_checkpoint")
     for name in config.order:
+        if name == "clip" and pretrained_clip:
+            log.info("Using the pretrained CLIP %s; no CLIP stage to train.", pretrained_clip)
+            continue
         start = time.perf_counter()
         stage_config = config.stages[name]
         prepare_stage(stage_config, workdir)
@@ -80,7 +111,11 @@ def train_cascade(config: ml_collections.ConfigDict, workdir: str | Path) -> dic
             return None
         log.info("Stage %s done in %.0fs.", name, timings[name])
     start = time.perf_counter()
-    result = sample_and_evaluate(config, workdir)
+    if config.eval.get("shapes", True):
+        result = sample_and_evaluate(config, workdir)
+    else:
+        pipe = load_pipeline(config, workdir)
+        result = {"samples": write_samples(pipe, config, workdir, eval_captions(config))}
     timings["sample_and_eval"] = time.perf_counter() - start
     result["seconds"] = timings
     if jax.process_index() == 0:
@@ -88,23 +123,42 @@ def train_cascade(config: ml_collections.ConfigDict, workdir: str | Path) -> dic
     return result
 
 
-def sample_and_evaluate(config: ml_collections.ConfigDict, workdir: Path) -> dict:
-    """samples.png for held-out prompts and the eval.json dictionary."""
-    from dalle2_jax.evaluation.shapes_eval import evaluate_shapes, evaluation_prompts
-    from dalle2_jax.pipeline import UnCLIP
+def eval_captions(config: ml_collections.ConfigDict) -> list[str]:
+    """The first `config.samples.num_prompts` captions of the eval source."""
+    spec = config.data.eval_source or config.data.train_source
+    source = open_source(spec)
+    captions = (source.caption_at(i) for i in range(len(source)))
+    return [c for c in captions if c][: config.samples.num_prompts]
+
+
+def write_samples(pipe, config: ml_collections.ConfigDict, workdir: Path, captions) -> str:
+    """samples.png: `config.samples.num_images` images per caption; returns its path."""
     from dalle2_jax.visualize import make_grid, save_png
 
-    pipe = UnCLIP.from_workdir(workdir, upsamplers=tuple(config.get("upsamplers", ())))
     key = jax.random.key(config.get("seed", 0))
+    images = pipe.text_to_image(list(captions), key, num_images=config.samples.num_images)
+    labels = [c for c in captions for _ in range(config.samples.num_images)]
+    path = workdir / "samples.png"
+    if jax.process_index() == 0:
+        save_png(make_grid(images, labels, ncols=config.samples.num_images * 2, scale=2), path)
+    return str(path)
+
+
+def load_pipeline(config: ml_collections.ConfigDict, workdir: Path):
+    from dalle2_jax.pipeline import UnCLIP
+
+    return UnCLIP.from_workdir(workdir, upsamplers=tuple(config.get("upsamplers", ())))
+
+
+def sample_and_evaluate(config: ml_collections.ConfigDict, workdir: Path) -> dict:
+    """samples.png for held-out prompts and the eval.json dictionary of the shapes demo."""
+    from dalle2_jax.evaluation.shapes_eval import evaluate_shapes, evaluation_prompts
+
+    pipe = load_pipeline(config, workdir)
     prompts = {}
     for split, (_, captions) in evaluation_prompts(config.samples.num_prompts).items():
         prompts.update({c: split for c in captions})
-    captions = list(prompts)
-    images = pipe.text_to_image(captions, key, num_images=config.samples.num_images)
-    labels = [c for c in captions for _ in range(config.samples.num_images)]
-    if jax.process_index() == 0:
-        grid = make_grid(images, labels, ncols=config.samples.num_images * 2, scale=2)
-        save_png(grid, workdir / "samples.png")
+    write_samples(pipe, config, workdir, list(prompts))
     return evaluate_shapes(
         lambda c, k: pipe.text_to_image(c, k),
         encoder=pipe.encoder,

@@ -19,7 +19,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from dalle2_jax.encoders import ClipEncoder
-from dalle2_jax.train.restore import StageNotTrainedError, TrainedStage, load_stage
+from dalle2_jax.train.restore import (
+    StageNotTrainedError,
+    TrainedStage,
+    load_stage,
+    read_stage_config,
+)
 from dalle2_jax.visualize import to_uint8
 
 log = logging.getLogger(__name__)
@@ -85,16 +90,21 @@ class UnCLIP:
 
     @classmethod
     def from_workdir(cls, workdir: str | Path, upsamplers: Sequence[str] = ("upsampler",)):
-        """Every stage trained under `workdir`; upsamplers that were never trained are
-        skipped with a warning (the decoder's resolution is then the output)."""
-        encoder = ClipEncoder.from_clip_workdir(workdir)
+        """Every stage trained under `workdir`, with the CLIP the prior was trained on (the
+        workdir's CLIP stage, or its `clip.hf_checkpoint`); upsamplers that were never trained
+        are skipped with a warning (the decoder's resolution is then the output)."""
+        prior_dir = Path(workdir) / "prior"
+        prior_config = read_stage_config(prior_dir) if (prior_dir / "config.json").is_file() else {}
+        hf = (prior_config.get("clip") or {}).get("hf_checkpoint")
+        encoder = ClipEncoder.from_hf(hf) if hf else ClipEncoder.from_clip_workdir(workdir)
+        prior, decoder = load_stage(workdir, "prior"), load_stage(workdir, "decoder")
         loaded = []
         for name in upsamplers:
             try:
                 loaded.append(load_stage(workdir, name))
             except StageNotTrainedError as e:
                 log.warning("%s Continuing without it.", e)
-        return cls(encoder, load_stage(workdir, "prior"), load_stage(workdir, "decoder"), loaded)
+        return cls(encoder, prior, decoder, loaded)
 
     # -- building blocks ------------------------------------------------------------------
 

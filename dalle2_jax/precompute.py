@@ -16,12 +16,20 @@ from __future__ import annotations
 import argparse
 import sys
 
+import jax
 import numpy as np
 from tqdm.auto import tqdm
 
 from dalle2_jax.data.embeddings import ShardWriter
 from dalle2_jax.data.sources import open_source
 from dalle2_jax.encoders import ClipEncoder
+
+
+def host_range(num_examples: int, host: int, num_hosts: int) -> tuple[int, int]:
+    """[start, stop) of the examples host `host` of `num_hosts` embeds: contiguous, balanced."""
+    if not 0 <= host < num_hosts:
+        raise ValueError(f"host {host} is not in [0, {num_hosts}).")
+    return num_examples * host // num_hosts, num_examples * (host + 1) // num_hosts
 
 
 def precompute_embeddings(
@@ -32,26 +40,52 @@ def precompute_embeddings(
     num_examples: int,
     batch_size: int = 256,
     shard_size: int = 10_000,
+    source_spec: str = "",
+    host: int | None = None,
+    num_hosts: int | None = None,
     progress: bool = True,
 ) -> int:
-    """Encode examples [0, num_examples) of `source` into shards under `out_dir`; returns the
-    number of examples on disk. Continues after the complete shards of an earlier run."""
+    """Encode examples [0, num_examples) of `source` (opened from `source_spec`, recorded in
+    the shards) into shards under `out_dir`. Each of `num_hosts` hosts (default: the JAX
+    processes) embeds its own contiguous range with its local devices; the shards of all hosts
+    read as one directory. Continues after the complete shards of an earlier run; returns the
+    number of this host's examples on disk."""
+    host = jax.process_index() if host is None else host
+    num_hosts = jax.process_count() if num_hosts is None else num_hosts
     num_examples = min(num_examples, len(source))
-    writer = ShardWriter(out_dir, shard_size=shard_size, clip_model=encoder.name)
-    start = writer.num_complete
+    start, stop = host_range(num_examples, host, num_hosts)
+    image_size = int(encoder.config.vision.image_size)
+
+    def writer() -> ShardWriter:
+        return ShardWriter(
+            out_dir,
+            shard_size=shard_size,
+            clip_model=encoder.name,
+            source=source_spec,
+            image_size=image_size,
+            start=start,
+            stop=stop,
+        )
+
+    out = writer()
+    done = start + out.num_complete
     with (
-        writer,
+        out,
         tqdm(
-            total=num_examples, initial=start, unit="ex", desc="embed", disable=not progress
+            total=stop - start,
+            initial=done - start,
+            unit="ex",
+            desc=f"embed (host {host})" if num_hosts > 1 else "embed",
+            disable=not progress,
         ) as bar,
     ):
-        for lo in range(start, num_examples, batch_size):
-            examples = [source[i] for i in range(lo, min(lo + batch_size, num_examples))]
+        for lo in range(done, stop, batch_size):
+            examples = [source[i] for i in range(lo, min(lo + batch_size, stop))]
             images = np.stack([e["image"] for e in examples])
             captions = [e["caption"] for e in examples]
-            writer.add(**encoder.encode(images, captions), captions=captions)
+            out.add(**encoder.encode(images, captions), captions=captions)
             bar.update(len(examples))
-    return ShardWriter(out_dir, shard_size=shard_size).num_complete
+    return writer().num_complete
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -64,6 +98,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--num-examples", type=int, required=True)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--shard-size", type=int, default=10_000)
+    parser.add_argument(
+        "--host", type=int, default=None, help="this host's index (default: the JAX process)"
+    )
+    parser.add_argument(
+        "--num-hosts", type=int, default=None, help="hosts sharing the work (default: JAX's)"
+    )
     return parser.parse_args(argv)
 
 
@@ -75,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.clip_workdir
             else ClipEncoder.from_hf(args.hf_clip)
         )
-        source = open_source(args.source)
+        source = open_source(args.source, image_size=encoder.config.vision.image_size)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -86,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
         num_examples=args.num_examples,
         batch_size=args.batch_size,
         shard_size=args.shard_size,
+        source_spec=args.source,
+        host=args.host,
+        num_hosts=args.num_hosts,
     )
     print(f"{n} examples embedded in {args.out}")
     return 0

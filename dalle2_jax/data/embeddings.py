@@ -1,13 +1,20 @@
 """Precomputed CLIP embeddings on disk: shard writer, random-access reader, normalisation.
 
-A directory holds shards `shard-00000/`, `shard-00001/`, ... Each shard is a folder with
+A directory holds shards `shard-<start>/`, named by the source index of their first example
+(10 digits), so the shards of several hosts, each embedding its own range of the source, read
+as one directory in source order. Each shard is a folder with
 
     image_embed.npy  [N, D] float32   unit-norm CLIP image embeddings
     text_embed.npy   [N, D] float32   unit-norm CLIP text embeddings
     text_tokens.npy  [N, L, W] float16 final-LayerNorm caption token encodings
     text_mask.npy    [N, L] bool       True for real (non-padding) tokens
     captions.jsonl   N lines, each one JSON string
-    meta.json        {"count", "embed_dim", "text_len", "text_width", "clip_model", ...}
+    meta.json        {"count", "start", "embed_dim", "text_len", "text_width", "clip_model",
+                      "source", "image_size", ...}
+
+Shard examples are examples start .. start + count - 1 of the image-caption source named by
+`source` (an `open_source` spec, CLIP fed at `image_size`), so a stage that also needs the image
+(the decoder) reads it from the same source by index, and refuses shards of another source.
 
 The writer builds each shard in a hidden temporary folder and renames it into place, so a
 killed writer never leaves a half shard: the directory holds only complete shards, and
@@ -39,7 +46,7 @@ SHARD_PREFIX = "shard-"
 TMP_PREFIX = ".tmp-"
 META_FILE = "meta.json"
 CAPTIONS_FILE = "captions.jsonl"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: shards named by start index, with start / source / image_size
 DIM_KEYS = ("embed_dim", "text_len", "text_width")
 
 
@@ -50,31 +57,53 @@ def _shard_dirs(directory: Path) -> list[Path]:
     )
 
 
+def _shard_start(meta: dict, position: int, previous_end: int) -> int:
+    """A shard's first source index (format 1 shards, written in order, have none)."""
+    return int(meta["start"]) if "start" in meta else previous_end if position else 0
+
+
 # ---------------------------------------------------------------------------------------------
 # Writing
 # ---------------------------------------------------------------------------------------------
 
 
 class ShardWriter:
-    """Appends batches of embeddings and writes a shard every `shard_size` examples.
+    """Appends batches of embeddings of source examples `start`, `start + 1`, ... and writes a
+    shard every `shard_size` examples.
 
-    Reopening a directory continues after its complete shards (stale temporaries of a killed
-    writer are removed); `num_complete` is the number of examples already safe on disk.
-    Call `close()` (or use `with`) to write the final, possibly smaller, shard.
+    Reopening a directory continues after the complete shards of this writer's range
+    [start, stop) (stale temporaries of a killed writer are removed); `num_complete` is the
+    number of the range's examples already safe on disk. Writers of disjoint ranges (one per
+    host) may share a directory. Call `close()` (or use `with`) to write the final, possibly
+    smaller, shard. `source` (an `open_source` spec) and `image_size` (CLIP's input) are
+    recorded in every shard.
     """
 
-    def __init__(self, directory: str | Path, *, shard_size: int, clip_model: str = ""):
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        shard_size: int,
+        clip_model: str = "",
+        source: str = "",
+        image_size: int = 0,
+        start: int = 0,
+        stop: int | None = None,
+    ):
         if shard_size < 1:
             raise ValueError(f"shard_size must be >= 1, got {shard_size}.")
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.shard_size = shard_size
-        self.clip_model = clip_model
-        for stale in self.directory.glob(f"{TMP_PREFIX}*"):
-            shutil.rmtree(stale)
-        shards = _shard_dirs(self.directory)
-        self._metas = [json.loads((p / META_FILE).read_text()) for p in shards]
-        self._next_index = 1 + max((int(p.name[len(SHARD_PREFIX) :]) for p in shards), default=-1)
+        self.clip_model, self.source, self.image_size = clip_model, source, image_size
+        self.start = start
+        stop = float("inf") if stop is None else stop
+        for stale in self.directory.glob(f"{TMP_PREFIX}{SHARD_PREFIX}*"):
+            if start <= int(stale.name.split("-")[2]) < stop:  # .tmp-shard-<start>-<uuid>
+                shutil.rmtree(stale, ignore_errors=True)
+        metas = [json.loads((p / META_FILE).read_text()) for p in _shard_dirs(self.directory)]
+        self._metas = [m for m in metas if start <= int(m.get("start", 0)) < stop]
+        self._next_start = start + sum(int(m["count"]) for m in self._metas)
         self._dims = {k: int(self._metas[-1][k]) for k in DIM_KEYS} if self._metas else None
         self._buffer: dict[str, list[Any]] = {k: [] for k in (*ARRAY_FIELDS, "captions")}
         self._buffered = 0
@@ -154,7 +183,7 @@ class ShardWriter:
         self._buffer["captions"] = self._buffer["captions"][count:]
         self._buffered -= count
 
-        final = self.directory / f"{SHARD_PREFIX}{self._next_index:05d}"
+        final = self.directory / f"{SHARD_PREFIX}{self._next_start:010d}"
         tmp = self.directory / f"{TMP_PREFIX}{final.name}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
@@ -164,8 +193,11 @@ class ShardWriter:
             (tmp / CAPTIONS_FILE).write_text(lines, encoding="utf-8")
             meta = {
                 "count": count,
+                "start": self._next_start,
                 **self._dims,
                 "clip_model": self.clip_model,
+                "source": self.source,
+                "image_size": self.image_size,
                 "format_version": FORMAT_VERSION,
             }
             (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
@@ -174,7 +206,7 @@ class ShardWriter:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         self._metas.append(meta)
-        self._next_index += 1
+        self._next_start += count
 
 
 # ---------------------------------------------------------------------------------------------
@@ -209,7 +241,20 @@ class EmbeddingShards:
                 f"text_width): {sorted(dims)}."
             )
         self.meta = {k: metas[0][k] for k in (*DIM_KEYS, "clip_model")}
+        self.meta["source"] = metas[0].get("source", "")
+        self.meta["image_size"] = int(metas[0].get("image_size", 0))
         self.offsets = np.cumsum([0] + [int(m["count"]) for m in metas]).tolist()
+        for i, (m, path) in enumerate(zip(metas, self.shards, strict=True)):
+            if _shard_start(m, i, self.offsets[i]) != self.offsets[i]:
+                raise ValueError(
+                    f"Embedding shards in {self.directory} are not contiguous: {path.name} "
+                    f"starts at example {m['start']}, but the shards before it end at "
+                    f"{self.offsets[i]} (a host's range is missing or unfinished: rerun "
+                    "the precompute command on every host)."
+                )
+        sources = {(m.get("source", ""), int(m.get("image_size", 0))) for m in metas}
+        if len(sources) != 1:
+            raise ValueError(f"Shards in {self.directory} come from different sources: {sources}.")
         self._arrays: dict[int, dict[str, np.ndarray]] = {}
         self._captions: dict[int, list[str]] = {}
 

@@ -135,6 +135,14 @@ class ImageTextSource(abc.ABC):
             f"({self.stats()})."
         )
 
+    def caption_at(self, index: int) -> str | None:
+        """The caption of entry `index` without decoding its image; None where the entry has
+        no usable caption or cannot be read (cheap: for tokenizer training and checks)."""
+        try:
+            return caption_text(self._read(operator.index(index))[1])
+        except (SkipSample, OSError):
+            return None
+
     def _example(self, entry: int) -> tuple[dict[str, Any], list[str]]:
         try:
             data, raw_caption = self._read(entry)

@@ -105,6 +105,10 @@ class ShapesSource:
             example[key] = values
         return example
 
+    def caption_at(self, index: int) -> str:
+        """The caption of example `index` without rendering its image."""
+        return caption(self.scene(index))
+
     def stats(self) -> dict[str, int]:
         """Skip counters, as for file-backed sources; rendered scenes never fail."""
         return {}

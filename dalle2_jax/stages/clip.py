@@ -18,7 +18,6 @@ import numpy as np
 import optax
 
 from dalle2_jax.data.shapes import ShapesSource
-from dalle2_jax.data.shapes_captions import caption
 from dalle2_jax.data.shapes_negatives import HardNegativeGroups
 from dalle2_jax.data.sources import open_source
 from dalle2_jax.models.clip import (
@@ -62,15 +61,22 @@ def clip_config_from(cfg: ml_collections.ConfigDict, tokenizer: Tokenizer | None
 
 def caption_tokenizer(workdir: Path | None, config: ml_collections.ConfigDict) -> Tokenizer:
     """`config.data.tokenizer` (a CLIP checkpoint directory or caption-BPE .json) if set, else
-    the workdir's caption tokenizer, trained on shapes training captions on first use."""
+    the workdir's caption tokenizer, trained on first use on the first
+    `config.data.tokenizer_captions` captions of the training source."""
     ctx = config.model.text.context_length
     if config.data.get("tokenizer"):
         return load_tokenizer(config.data.tokenizer, ctx)
     path = None if workdir is None else workdir / TOKENIZER_FILE
     if path is not None and path.exists():
         return CaptionBpeTokenizer.load(path, context_length=ctx)
-    source = ShapesSource(seed=config.seed, image_size=8, split="train")
-    captions = [caption(source.scene(i)) for i in range(config.data.tokenizer_captions)]
+    spec = config.data.get("train_source")
+    source = (
+        open_source(spec) if spec else ShapesSource(seed=config.seed, image_size=8, split="train")
+    )
+    count = min(int(config.data.tokenizer_captions), len(source))
+    captions = [c for c in map(source.caption_at, range(count)) if c]
+    if not captions:
+        raise ValueError(f"No captions to train the caption tokenizer on in {spec or 'shapes'}.")
     tok = CaptionBpeTokenizer.train(captions, vocab_size=config.data.vocab_size, context_length=ctx)
     if path is not None and jax.process_index() == 0:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -6,11 +6,12 @@ guidance the CLIP embedding is replaced by a learned null embedding with probabi
 `config.model.image_drop_prob` (0.1) and the caption is dropped (text_mask all False) with
 probability `config.model.text_drop_prob` (0.5), independently.
 
-Data (`config.data.source`): "shapes" joins precomputed CLIP embeddings
-(`EmbeddingShards` in `config.data.embeddings_dir` / `eval_embeddings_dir`) with the shapes
-images re-rendered by index; the shards carry no source index, so they must have been written
-in index order from `ShapesSource(seed=config.seed, split=...)` (checked on the captions).
-"synthetic" draws embeddings whose images are a closed-form function of them (tests, demos).
+Data: precomputed CLIP embeddings (`EmbeddingShards` in `config.data.embeddings_dir` /
+`eval_embeddings_dir`) joined by source index with the images of the source they were computed
+from (`config.embeddings.train_source` / `eval_source`, any `open_source` spec, read at the
+decoder's resolution); shards of another source, CLIP input size or count are refused
+(`data.paired`). `config.data.source = "synthetic"` draws embeddings whose images are a
+closed-form function of them instead (tests, benchmarks).
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ import numpy as np
 
 from dalle2_jax import diffusion
 from dalle2_jax.data.embeddings import EmbeddingShards
-from dalle2_jax.data.shapes import ShapesSource
+from dalle2_jax.data.paired import PairedSource, SyntheticDecoderSource, check_provenance
+from dalle2_jax.data.sources import open_source
 from dalle2_jax.models.unet import UNet, UNetConfig
 from dalle2_jax.stages import register
-from dalle2_jax.stages.base import ExampleSource, Stage
+from dalle2_jax.stages.base import Stage
 from dalle2_jax.stages.upsampler import unet_config_from
 
 STAGE_ONLY_MODEL_FIELDS = ("image_drop_prob", "text_drop_prob")
@@ -68,68 +70,6 @@ class Decoder(nn.Module):
         return UNet(self.config, name="unet")(
             x, t, clip_embed=embed, text_tokens=text_tokens, text_mask=text_mask, train=train
         )
-
-
-class SyntheticDecoderSource:
-    """Unit-norm random embeddings [D] with images that are a closed-form function of them:
-    a vertical gradient between two colours read from the embedding; optional random caption
-    tokens [L, W] (float16) with a random-length mask."""
-
-    def __init__(
-        self,
-        seed: int,
-        image_size: int,
-        embed_dim: int,
-        length: int,
-        text_len: int = 0,
-        text_width: int = 0,
-    ):
-        if embed_dim < 6:
-            raise ValueError(f"Synthetic decoder data needs embed_dim >= 6, got {embed_dim}.")
-        self.seed, self.size, self.dim, self.length = seed, image_size, embed_dim, length
-        self.text_len, self.text_width = text_len, text_width
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-        rng = np.random.default_rng([self.seed, int(index)])
-        embed = rng.standard_normal(self.dim).astype(np.float32)
-        embed /= np.linalg.norm(embed)
-        top, bottom = np.tanh(3 * embed[:3]), np.tanh(3 * embed[3:6])
-        w = np.linspace(0.0, 1.0, self.size, dtype=np.float32)[:, None, None]
-        image = np.broadcast_to((1 - w) * top + w * bottom, (self.size, self.size, 3))
-        example = {"image": image.astype(np.float32), "image_embed": embed}
-        if self.text_len:
-            tokens = rng.standard_normal((self.text_len, self.text_width))
-            example["text_tokens"] = tokens.astype(np.float16)
-            example["text_mask"] = np.arange(self.text_len) < rng.integers(1, self.text_len + 1)
-        return example
-
-
-class DecoderSource:
-    """Images from one source joined by index with embeddings from another of equal order."""
-
-    def __init__(self, images: ExampleSource, embeddings: EmbeddingShards, keys: tuple[str, ...]):
-        self.images, self.embeddings, self.keys = images, embeddings, keys
-        n = len(embeddings)
-        for i in {0, n - 1}:
-            caption = images[i].get("caption")
-            if caption is not None and caption != embeddings.caption(i):
-                raise ValueError(
-                    f"Embedding {i} in {embeddings.directory} has caption "
-                    f"{embeddings.caption(i)!r} but image {i} has {caption!r}: the shards were "
-                    "not written in index order from this image source (same seed and split)."
-                )
-
-    def __len__(self) -> int:
-        return len(self.embeddings)
-
-    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-        example = {"image": np.asarray(self.images[index]["image"], np.float32)}
-        embeddings = self.embeddings[index]
-        example.update({k: embeddings[k] for k in self.keys if k != "image"})
-        return example
 
 
 @register("decoder")
@@ -210,12 +150,15 @@ class DecoderStage(Stage):
         if not d.get(key):
             raise ValueError(
                 f"config.data.{key} is not set: point it at CLIP embedding shards "
-                "written from ShapesSource, or set config.data.source='synthetic'."
+                "(python -m dalle2_jax.precompute), or set config.data.source='synthetic'."
             )
         shards = EmbeddingShards(d[key])
         self._check_dims(shards)
-        images = ShapesSource(seed=self.config.seed, image_size=d.image_size, split=split)
-        return DecoderSource(images, shards, tuple(self.batch_spec()))
+        emb = self.config.embeddings
+        spec = emb[f"{split}_source"]
+        check_provenance(shards, spec, emb.image_size, emb[f"num_{split}"])
+        images = open_source(spec, image_size=d.image_size)
+        return PairedSource(images, shards, tuple(self.batch_spec()))
 
     def _check_dims(self, shards: EmbeddingShards) -> None:
         meta, spec = shards.meta, self.batch_spec()

@@ -1,7 +1,8 @@
 """Upsampler stage: diffusion super-resolution conditioned on a low-res image (unCLIP sec. 2.3).
 
 Training examples are random crops of a quarter of the target size (`config.data.crop_size`,
-as in the paper) of full-size images (`config.data.image_size`), with the low-res input made by
+as in the paper) of full-size images (`config.data.image_size`) from `config.data.train_source`
+(any `data.sources.open_source` spec; the embedded shapes if unset), with the low-res input made by
 an antialiased bicubic downscale of the crop by `config.data.factor` followed by conditioning
 augmentation (`config.data.augment`: "blur" for 64->256, "bsr" for 256->1024, or "none").
 The U-Net has no attention and no CLIP conditioning; it upsamples `low_res` itself and, being
@@ -23,6 +24,7 @@ import numpy as np
 from dalle2_jax import diffusion
 from dalle2_jax.data.degradations import augment, resize
 from dalle2_jax.data.shapes import ShapesSource
+from dalle2_jax.data.sources import open_source
 from dalle2_jax.data.transforms import random_crop
 from dalle2_jax.models.unet import UNet, UNetConfig
 from dalle2_jax.stages import register
@@ -121,10 +123,13 @@ class UpsamplerStage(Stage):
         }
 
     def full_images(self, split: str) -> ExampleSource:
-        """Full-size images for `split` (the embedded shapes dataset at data.image_size)."""
-        return ShapesSource(
-            seed=self.config.seed, image_size=self.config.data.image_size, split=split
-        )
+        """Full-size images for `split`: `config.data.<split>_source` (any `open_source` spec,
+        opened at data.image_size whatever size the spec names), else the embedded shapes."""
+        d = self.config.data
+        spec = d.get(f"{split}_source")
+        if spec:
+            return open_source(spec, image_size=d.image_size)
+        return ShapesSource(seed=self.config.seed, image_size=d.image_size, split=split)
 
     def source(self, split):
         d = self.config.data

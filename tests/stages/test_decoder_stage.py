@@ -12,10 +12,7 @@ import numpy as np
 import pytest
 
 from configs.shapes import decoder_config
-from dalle2_jax.data.embeddings import EmbeddingShards, ShardWriter
-from dalle2_jax.data.shapes import ShapesSource
 from dalle2_jax.stages import get_stage
-from dalle2_jax.stages.decoder import DecoderSource
 from dalle2_jax.train.loop import train_and_evaluate
 from dalle2_jax.train.metrics import read_metrics
 
@@ -93,27 +90,6 @@ def test_wrong_embedding_dimension_raises(setup):
     stage, params, _ = setup
     with pytest.raises(ValueError, match="image_embed must be"):
         stage.sample(params, {"image_embed": jnp.zeros((1, 7))}, jax.random.key(0), num_steps=2)
-
-
-def test_source_joins_images_and_shards_by_index_and_checks_order(tmp_path):
-    images = ShapesSource(seed=0, image_size=8, split="eval")
-    n, dim = 3, 4
-    with ShardWriter(tmp_path / "emb", shard_size=2) as writer:
-        writer.add(
-            image_embed=np.eye(n, dim),
-            text_embed=np.eye(n, dim),
-            text_tokens=np.zeros((n, 2, 5)),
-            text_mask=np.ones((n, 2), bool),
-            captions=[images[i]["caption"] for i in range(n)],
-        )
-    shards = EmbeddingShards(tmp_path / "emb")
-    source = DecoderSource(images, shards, ("image", "image_embed"))
-    ex = source[2]
-    np.testing.assert_array_equal(ex["image"], images[2]["image"])
-    np.testing.assert_array_equal(ex["image_embed"], np.eye(n, dim)[2])
-    shuffled = ShapesSource(seed=1, image_size=8, split="eval")
-    with pytest.raises(ValueError, match="index order"):
-        DecoderSource(shuffled, shards, ("image", "image_embed"))
 
 
 def test_trainer_runs_and_reports_denoising_mse(tmp_path):

@@ -129,7 +129,7 @@ def test_shards_round_trip(tmp_path):
     data = synthetic(25, seed=3)
     write(tmp_path, data, shard_size=10, batch=7)
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["shard-00000", "shard-00001", "shard-00002"]
+    assert names == ["shard-0000000000", "shard-0000000010", "shard-0000000020"]
     counts = [json.loads((tmp_path / n / "meta.json").read_text())["count"] for n in names]
     assert counts == [10, 10, 5]
     source = EmbeddingShards(tmp_path)
@@ -139,8 +139,10 @@ def test_shards_round_trip(tmp_path):
         "text_len": L,
         "text_width": W,
         "clip_model": "synthetic",
+        "source": "",
+        "image_size": 0,
     }
-    assert np.load(tmp_path / "shard-00001" / "text_tokens.npy").dtype == np.float16
+    assert np.load(tmp_path / "shard-0000000010" / "text_tokens.npy").dtype == np.float16
     for i in (0, 9, 10, 24):
         ex = source[i]
         np.testing.assert_array_equal(ex["image_embed"], data["image_embed"][i])
@@ -236,8 +238,8 @@ def test_training_learns_the_relation_and_beats_the_text_baseline(dirs, trained)
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     ev = next(r for r in rows if "eval/cos_sampled" in r)
     # Independent baseline: the text embedding's cosine with its image, from the raw shards.
-    text = np.load(dirs / "eval" / "shard-00000" / "text_embed.npy")[:60]
-    image = np.load(dirs / "eval" / "shard-00000" / "image_embed.npy")[:60]
+    text = np.load(dirs / "eval" / "shard-0000000000" / "text_embed.npy")[:60]
+    image = np.load(dirs / "eval" / "shard-0000000000" / "image_embed.npy")[:60]
     assert ev["eval/cos_text_baseline"] == pytest.approx(
         np.mean(np.sum(text * image, -1)), abs=1e-5
     )
@@ -307,7 +309,7 @@ def test_mean_std_statistics_are_saved_and_restored(dirs, tmp_path):
     stage = get_stage(config, tmp_path)
     norm = stage.normalizer
     first = np.concatenate(
-        [np.load(dirs / "train" / f"shard-0000{i}" / "image_embed.npy") for i in (0, 1)]
+        [np.load(dirs / "train" / f"shard-{i:010d}" / "image_embed.npy") for i in (0, 300)]
     )[:350].astype(np.float64)
     np.testing.assert_allclose(norm.mean, first.mean(0), atol=1e-6)
     np.testing.assert_allclose(norm.std, first.std(0), rtol=1e-5)

@@ -162,7 +162,7 @@ class ClipStage(Stage):
         if spec:
             if split == "train" and self.group_size > 1:
                 raise ValueError("config.data.hard_negatives > 1 needs the shapes dataset.")
-            images = open_source(spec)
+            images = open_source(spec, image_size=self.config.data.image_size)
         elif split == "train" and self.group_size > 1:
             images = HardNegativeGroups(
                 self.config.seed,

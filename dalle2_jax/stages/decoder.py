@@ -156,8 +156,9 @@ class DecoderStage(Stage):
         self._check_dims(shards)
         emb = self.config.embeddings
         spec = emb[f"{split}_source"]
-        check_provenance(shards, spec, emb.image_size, emb[f"num_{split}"])
         images = open_source(spec, image_size=d.image_size)
+        count = min(int(emb[f"num_{split}"]), len(images))  # as many as precompute embedded
+        check_provenance(shards, spec, emb.image_size, count)
         return PairedSource(images, shards, tuple(self.batch_spec()))
 
     def _check_dims(self, shards: EmbeddingShards) -> None:

@@ -18,6 +18,7 @@ INSTALL_REQUIRES = [
     "tokenizers>=0.20",
     "safetensors>=0.4",
     "grain>=0.2.10",
+    "array_record>=0.8",  # ArrayRecord sources (data.array_record); reads gs:// paths
     "tensorflow-datasets>=4.9.9",
 ]
 

@@ -5,6 +5,8 @@ string) so the loader can shard, shuffle and resume by index, and has `stats()`,
 skipped or converted samples to report as metrics.
 
 - shapes: `ShapesSource` (offline, infinite) and the attribute reader for evaluation;
-- webdataset, folder, tfds: `WebDatasetSource`, `FolderSource`, `TfdsSource` for real data;
+- webdataset, folder, tfds, array_record: `WebDatasetSource`, `FolderSource`, `TfdsSource`,
+  `ArrayRecordSource` for real data, opened from a spec string by `sources.open_source`;
+- embeddings, paired: precomputed CLIP embedding shards, and their join with the images;
 - transforms: decoding, RGB conversion, antialiased resizing, crops, value ranges.
 """

@@ -8,7 +8,8 @@ so the trainer can report it as metrics:
 - `skipped_<reason>`: distinct bad entries found so far (at open time or when first read);
   reasons: missing_caption, empty_caption, missing_image, corrupt (undecodable or truncated),
   too_large (PIL's decompression-bomb limit), too_small (below `min_size`), unreadable (I/O),
-  and corrupt_shard (a damaged or cut tar; the samples before the damage are kept);
+  corrupt_shard (a damaged or cut tar; the samples before the damage are kept), and for
+  ArrayRecord corrupt_record and corrupt_file (`data.array_record`);
 - `converted_mode`, `upscaled_small`: examples served after a mode conversion (grayscale,
   palette, CMYK, alpha, 16-bit) or an upscale of an image smaller than `image_size`;
 - `substituted`: calls answered by a later entry because the requested one was bad.

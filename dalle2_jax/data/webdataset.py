@@ -124,9 +124,10 @@ class WebDatasetSource(ImageTextSource):
         for fd in fds.values():
             os.close(fd)
 
-    def __del__(self) -> None:
-        if getattr(self, "_fds", None):
-            self.close()
+    def __del__(self, _close=os.close) -> None:
+        # `os.close` bound at definition: at interpreter exit the module's globals may be gone.
+        for fd in (getattr(self, "_fds", None) or {}).values():
+            _close(fd)
 
     def _num_entries(self) -> int:
         return len(self._index)

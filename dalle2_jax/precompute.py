@@ -3,7 +3,9 @@
 Training the prior and the decoder at scale reads CLIP embeddings computed once, not CLIP in
 the loop. Example i of the written shards is example i of the (unshuffled) source, so stages
 that also need the image (the decoder) pair them by index. Resumable: a rerun skips the
-examples already in complete shards.
+examples already in complete shards. Every host runs the same command at once and embeds its
+own contiguous range (`--host` / `--num-hosts`, by default the JAX processes of a cluster
+environment); the shards of all hosts read as one directory.
 
   python -m dalle2_jax.precompute --clip-workdir runs/shapes --source shapes:train:64 \\
       --num-examples 20000 --out runs/shapes/embeddings/train
@@ -17,12 +19,14 @@ import argparse
 import sys
 
 import jax
+import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
 from dalle2_jax.data.embeddings import ShardWriter
 from dalle2_jax.data.sources import open_source
 from dalle2_jax.encoders import ClipEncoder
+from dalle2_jax.train import distributed
 
 
 def host_range(num_examples: int, host: int, num_hosts: int) -> tuple[int, int]:
@@ -109,6 +113,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.host is None:  # a cluster environment (SLURM, TPU pod, ...) makes every host a process
+        distributed.maybe_initialize(
+            ml_collections.ConfigDict({"distributed": {"enabled": "auto"}})
+        )
     try:
         encoder = (
             ClipEncoder.from_clip_workdir(args.clip_workdir)

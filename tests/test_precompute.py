@@ -3,6 +3,11 @@ match direct encoding example by example, and a rerun resumes instead of startin
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -13,6 +18,8 @@ from dalle2_jax.encoders import ClipEncoder
 from dalle2_jax.models.clip import CLIP, preprocess_images
 from dalle2_jax.precompute import main
 from dalle2_jax.train.loop import train_and_evaluate
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -78,3 +85,33 @@ def test_cli_reports_a_missing_clip_stage(tmp_path, capsys):
     )
     assert code == 2
     assert "Train it: python train.py --config configs/shapes.py:clip" in capsys.readouterr().err
+
+
+def test_two_host_processes_write_one_directory_equal_to_one_process(clip_workdir, tmp_path):
+    """Two processes (4 CPU devices each) embed their halves of the source at once; the result
+    reads as one directory equal, example by example, to one process's."""
+    common = ["--clip-workdir", str(clip_workdir), "--source", "shapes:eval:32", "--num-examples"]
+    common += ["20", "--batch-size", "4", "--shard-size", "4"]
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    hosts = [
+        subprocess.Popen(
+            [sys.executable, "-m", "dalle2_jax.precompute", *common, "--out", str(tmp_path / "two")]
+            + ["--host", str(i), "--num-hosts", "2"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    for proc in hosts:
+        out, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, out
+        assert "10 examples embedded" in out
+    assert main([*common, "--out", str(tmp_path / "one")]) == 0
+    two, one = EmbeddingShards(tmp_path / "two"), EmbeddingShards(tmp_path / "one")
+    assert len(two) == len(one) == 20
+    assert [two.caption(i) for i in range(20)] == [one.caption(i) for i in range(20)]
+    for field in ("image_embed", "text_embed"):
+        np.testing.assert_allclose(two.stack(field, 20), one.stack(field, 20), atol=1e-5)

@@ -68,7 +68,10 @@ class HardNegativeGroups:
     """Examples of `ShapesSource(seed, image_size, split)` grouped with `group_size - 1`
     siblings differing in `attribute`: every field gets a leading group axis. Scenes whose
     attribute has too few allowed values repeat the base scene to fill the group (a repeat is
-    a false negative only for itself, which InfoNCE tolerates; it is rare for "shape")."""
+    a false negative only for itself, which InfoNCE tolerates; it is rare for "shape").
+
+    Opened by name as `shapes_negatives:SPLIT:SIZE:SEED:K:ATTRIBUTE` (`data.sources`).
+    """
 
     def __init__(
         self,
@@ -82,6 +85,8 @@ class HardNegativeGroups:
             raise ValueError(f"group_size must be >= 2 for hard negatives, got {group_size}.")
         if split not in SPLITS:
             raise ValueError(f"Unknown shapes split {split!r}; expected one of {SPLITS}.")
+        if attribute not in ATTRIBUTE_COUNTS:
+            raise ValueError(f"Unknown attribute {attribute!r}; one of {sorted(ATTRIBUTE_COUNTS)}.")
         self.base = ShapesSource(seed=seed, image_size=image_size, split=split)
         self.seed, self.size, self.group_size = seed, image_size, group_size
         self.attribute, self.split = attribute, split
@@ -91,6 +96,11 @@ class HardNegativeGroups:
 
     def stats(self) -> dict[str, int]:
         return {}
+
+    def caption_at(self, index: int) -> str:
+        """The caption of group `index`'s first scene (`self[index]["caption"][0]`), which is
+        example `index` of the base source, without rendering."""
+        return self.base.caption_at(index)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         scene = self.base.scene(index)

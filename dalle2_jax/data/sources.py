@@ -2,7 +2,14 @@
 
 Specs (SIZE: the side of the square images served):
 
-- `shapes:SPLIT:SIZE[:SEED]`: the embedded captioned-shapes dataset;
+- `shapes:SPLIT:SIZE[:SEED]`: the embedded captioned-shapes dataset (`data.shapes`; SPLIT is
+  train, eval or eval_seen);
+- `shapes_negatives:SPLIT:SIZE:SEED:K:ATTRIBUTE`: the same scenes in hard-negative groups
+  (`data.shapes_negatives`): example i of `shapes:SPLIT:SIZE:SEED` followed by K - 1 siblings
+  that differ from it only in the first object's ATTRIBUTE (shape, color, size or position).
+  Every field of an example has a leading axis of K ("caption" is a list of K captions), the
+  source's `group_size` is K, and `caption_at(i)` is the caption of example i's first scene,
+  so a caption tokenizer trained on it sees what it would on `shapes:SPLIT:SIZE:SEED`;
 - `webdataset:GLOB:SIZE`: img2dataset tar shards (`data.webdataset`);
 - `folder:DIR:SIZE`: images with same-named .txt captions (`data.folder`);
 - `tfds:NAME[:SPLIT]:SIZE`: a TFDS dataset prepared as array_record (`data.tfds`);
@@ -16,7 +23,7 @@ reads the same data at full resolution as the decoder at 64 px).
 
 from __future__ import annotations
 
-KINDS = ("shapes", "webdataset", "folder", "tfds", "array_record")
+KINDS = ("shapes", "shapes_negatives", "webdataset", "folder", "tfds", "array_record")
 
 
 def _size(text: str, spec: str) -> int:
@@ -40,6 +47,25 @@ def _open(kind: str, rest: str, spec: str, image_size: int | None):
         size, _, seed = tail.partition(":")
         size = image_size or _size(size, spec)
         return ShapesSource(seed=int(seed) if seed else 0, image_size=size, split=split)
+    if kind == "shapes_negatives":
+        from dalle2_jax.data.shapes_negatives import HardNegativeGroups
+
+        fields = rest.split(":")
+        if len(fields) != 5:
+            raise ValueError(
+                f"Source spec {spec!r} is not shapes_negatives:SPLIT:SIZE:SEED:K:ATTRIBUTE "
+                "(e.g. shapes_negatives:train:32:0:2:shape)."
+            )
+        split, size, seed, k, attribute = fields
+        size = image_size or _size(size, spec)
+        try:
+            seed, k = int(seed), int(k)
+        except ValueError:
+            raise ValueError(
+                f"Source spec {spec!r}: SEED {seed!r} and K {k!r} must be integers "
+                "(shapes_negatives:SPLIT:SIZE:SEED:K:ATTRIBUTE)."
+            ) from None
+        return HardNegativeGroups(seed, size, k, attribute, split=split)
     location, _, size = rest.rpartition(":")
     if not location:
         raise ValueError(f"Source spec {spec!r} names no data: write {kind}:LOCATION:SIZE.")
@@ -67,6 +93,12 @@ def open_source(spec: str, image_size: int | None = None):
 
     `image_size` replaces the spec's SIZE when given. Errors name the spec: an unknown kind, a
     malformed spec, or one whose location matches no data.
+
+    Examples are single image–caption pairs, except from a grouped source: one with a
+    `group_size` attribute k > 1 (`shapes_negatives:SPLIT:SIZE:SEED:K:ATTRIBUTE`, the shapes
+    scenes in hard-negative groups of K differing in one ATTRIBUTE) serves groups of k pairs,
+    every field with a leading axis of k and "caption" a list of k captions. Readers that take
+    groups (the CLIP stage's contrastive batches) read k with `group_size(source)`.
     """
     kind, _, rest = spec.partition(":")
     if kind not in KINDS:
@@ -84,3 +116,8 @@ def open_source(spec: str, image_size: int | None = None):
         if spec in str(error):
             raise
         raise ValueError(f"Source {spec!r}: {error}") from error
+
+
+def group_size(source) -> int:
+    """Examples per group of a source opened by `open_source`: 1 unless it serves groups."""
+    return int(getattr(source, "group_size", 1))

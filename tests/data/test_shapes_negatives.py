@@ -53,3 +53,15 @@ def test_groups_render_and_caption_each_sibling():
 def test_group_size_must_allow_a_negative():
     with pytest.raises(ValueError, match="group_size"):
         HardNegativeGroups(seed=0, image_size=32, group_size=1)
+
+
+def test_unknown_attribute_fails_on_construction():
+    with pytest.raises(ValueError, match="Unknown attribute 'texture'"):
+        HardNegativeGroups(seed=0, image_size=32, group_size=2, attribute="texture")
+
+
+def test_caption_at_is_the_first_scenes_caption_of_the_base_source():
+    groups = HardNegativeGroups(seed=4, image_size=16, group_size=2)
+    base = shapes.ShapesSource(seed=4, image_size=16, split="train")
+    for index in range(10):
+        assert groups.caption_at(index) == groups[index]["caption"][0] == base.caption_at(index)

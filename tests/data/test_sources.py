@@ -10,7 +10,8 @@ from PIL import Image
 
 from dalle2_jax.data import to_array_record
 from dalle2_jax.data.array_record import ArrayRecordSource
-from dalle2_jax.data.sources import open_source
+from dalle2_jax.data.shapes import read_attributes
+from dalle2_jax.data.sources import group_size, open_source
 from dalle2_jax.data.transforms import to_uint8
 from tests.data.photos import CAPTIONS, PHOTOS, write_all
 
@@ -96,6 +97,29 @@ def test_shapes_specs():
     assert captions(seeded) != captions(source)
 
 
+@pytest.mark.parametrize(
+    ("attribute", "k"), [("shape", 3), ("color", 3), ("size", 2), ("position", 3)]
+)
+def test_shapes_negatives_spec_serves_groups_differing_only_in_the_attribute(attribute, k):
+    """Read back from the pixels: the first of each group is the plain shapes example, the
+    others the same scene with distinct new values of `attribute` and nothing else changed."""
+    spec = f"shapes_negatives:eval_seen:32:3:{k}:{attribute}"
+    groups, plain = open_source(spec), open_source("shapes:eval_seen:32:3")
+    assert group_size(groups) == k and group_size(plain) == 1
+    for index in range(12):
+        group = groups[index]
+        assert group["image"].shape == (k, 32, 32, 3) and len(group["caption"]) == k
+        np.testing.assert_array_equal(group["image"][0], plain[index]["image"])
+        assert group["caption"][0] == plain[index]["caption"] == groups.caption_at(index)
+        assert len(set(group["caption"])) == k
+        read = [read_attributes(to_uint8(image)) for image in group["image"]]
+        values = [getattr(r, attribute) for r in read]
+        assert len(set(values)) == k, (index, values)
+        for other in {"shape", "color", "size", "position"} - {attribute}:
+            assert len({getattr(r, other) for r in read}) == 1, (index, other)
+    assert open_source(spec, image_size=16)[0]["image"].shape == (k, 16, 16, 3)
+
+
 def test_specs_matching_nothing_name_the_spec(tmp_path):
     for spec in [
         f"webdataset:{tmp_path}/none-*.tar:16",
@@ -124,10 +148,16 @@ def test_tfds_spec_names_the_spec():
         ("webdataset:x:big", "not an image size"),
         ("array_record:x:0", "not an image size"),
         ("shapes:train", "not an image size"),
+        ("shapes_negatives:train:32:0:2", "SPLIT:SIZE:SEED:K:ATTRIBUTE"),
+        ("shapes_negatives:train:32:zero:2:shape", "must be integers"),
+        ("shapes_negatives:train:32:0:1:shape", "group_size must be >= 2"),
+        ("shapes_negatives:train:32:0:2:texture", "Unknown attribute 'texture'"),
+        ("shapes_negatives:test:32:0:2:shape", "Unknown shapes split"),
     ],
 )
 def test_malformed_specs_say_what_is_wrong(spec, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=message) as error:
         open_source(spec)
+    assert spec in str(error.value)
     with pytest.raises(ValueError, match="image_size"):
         open_source("shapes:train:16", image_size=0)

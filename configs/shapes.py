@@ -42,7 +42,7 @@ def clip_config(tiny: bool = False) -> ml_collections.ConfigDict:
     config.stage = "clip"
     config.seed = SEED
     config.num_steps = 500
-    config.batch_size = 64  # groups of `hard_negatives` scenes: 128 images per step
+    config.batch_size = 64  # groups of 2 scenes (train_source): 128 images per step
     config.log_every = 20
     config.eval_every = 250
     config.data = ml_collections.ConfigDict(
@@ -50,15 +50,14 @@ def clip_config(tiny: bool = False) -> ml_collections.ConfigDict:
             "image_size": CLIP_SIZE,
             "vocab_size": 1024,
             "tokenizer_captions": 4000,
-            "tokenizer": "",
-            "train_source": "",
-            "eval_source": "",
-            "shuffle": True,
-            "num_threads": 2,
+            "tokenizer": "",  # "": a caption BPE trained on train_source's captions
             # Each training scene comes with a sibling of another shape (data.shapes_negatives):
             # a random batch gives shape almost no contrastive pressure.
-            "hard_negatives": 2,
-            "hard_negative_attribute": "shape",
+            "train_source": f"shapes_negatives:train:{CLIP_SIZE}:{SEED}:2:shape",
+            "eval_source": f"shapes:eval:{CLIP_SIZE}:{SEED}",  # held-out color-shape pairs
+            "eval_seen_source": f"shapes:eval_seen:{CLIP_SIZE}:{SEED}",  # pairs seen in training
+            "shuffle": True,
+            "num_threads": 2,
         }
     )
     config.model = ml_collections.ConfigDict(
@@ -86,7 +85,10 @@ def clip_config(tiny: bool = False) -> ml_collections.ConfigDict:
             "attention": "xla",
         }
     )
-    config.eval = ml_collections.ConfigDict({"num_examples": 256})
+    # "shape_pairs": does a caption prefer its image to the same scene with another shape?
+    config.eval = ml_collections.ConfigDict(
+        {"num_examples": 256, "evaluators": ("shape_pairs",)}  # evaluation/shapes_clip.py
+    )
     config.optim.learning_rate = 1e-3
     config.optim.warmup_steps = 50
     config.optim.schedule = "cosine"
@@ -248,6 +250,8 @@ def upsampler_config(tiny: bool = False) -> ml_collections.ConfigDict:
             "crop_size": 16,  # training crops: a quarter of the target, as in the paper
             "factor": 2,  # 32 px decoder output -> 64 px
             "augment": "blur",  # "blur" (64->256), "bsr" (256->1024) or "none"
+            "train_source": f"shapes:train:64:{SEED}",  # read at image_size
+            "eval_source": f"shapes:eval:64:{SEED}",
             "shuffle": True,
             "num_threads": 2,
         }

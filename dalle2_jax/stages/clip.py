@@ -2,8 +2,15 @@
 
 The loss runs on the *global* batch under `jit`: each caption is contrasted with every image
 of the global batch, so negatives come from all devices and hosts (GSPMD inserts the
-all-gather). The logit scale is learned and clipped at 100, as in OpenAI's CLIP. On the
-embedded shapes dataset a BPE tokenizer is trained on captions and saved in the workdir.
+all-gather). The logit scale is learned and clipped at 100, as in OpenAI's CLIP. Unless
+`config.data.tokenizer` names one, a caption BPE tokenizer is trained on the training source's
+captions and saved in the workdir.
+
+Data comes from `config.data` as source specs (`data.sources.open_source`): `train_source`,
+`eval_source` and optionally `eval_seen_source`. A training source may serve groups of k
+examples (e.g. hard negatives, `shapes_negatives:...`); each batch of B groups is contrasted as
+one batch of B * k. Dataset-specific metrics are evaluators that the config names
+(`config.eval.evaluators`, `evaluation.registry`).
 """
 
 from __future__ import annotations
@@ -17,9 +24,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from dalle2_jax.data.shapes import ShapesSource
-from dalle2_jax.data.shapes_negatives import HardNegativeGroups
-from dalle2_jax.data.sources import open_source
+from dalle2_jax.data.sources import group_size, open_source
+from dalle2_jax.evaluation.registry import get_evaluator
 from dalle2_jax.models.clip import (
     CLIP,
     CLIPConfig,
@@ -37,6 +43,8 @@ log = logging.getLogger(__name__)
 
 MAX_LOGIT_SCALE = float(np.log(100.0))
 TOKENIZER_FILE = "tokenizer.json"
+#: retrieval metric-name suffix -> split whose `config.data.<split>_source` it reads
+RETRIEVAL_SPLITS = {"heldout": "eval", "seen": "eval_seen"}
 
 
 def clip_config_from(cfg: ml_collections.ConfigDict, tokenizer: Tokenizer | None) -> CLIPConfig:
@@ -70,13 +78,17 @@ def caption_tokenizer(workdir: Path | None, config: ml_collections.ConfigDict) -
     if path is not None and path.exists():
         return CaptionBpeTokenizer.load(path, context_length=ctx)
     spec = config.data.get("train_source")
-    source = (
-        open_source(spec) if spec else ShapesSource(seed=config.seed, image_size=8, split="train")
-    )
+    if not spec:
+        raise ValueError(
+            "config.data.train_source is not set: the caption tokenizer trains on its captions. "
+            "Set it to a source spec (see dalle2_jax.data.sources.open_source), or set "
+            "config.data.tokenizer to a CLIP checkpoint directory or caption-BPE .json."
+        )
+    source = open_source(spec)
     count = min(int(config.data.tokenizer_captions), len(source))
     captions = [c for c in map(source.caption_at, range(count)) if c]
     if not captions:
-        raise ValueError(f"No captions to train the caption tokenizer on in {spec or 'shapes'}.")
+        raise ValueError(f"No captions to train the caption tokenizer on in {spec}.")
     tok = CaptionBpeTokenizer.train(captions, vocab_size=config.data.vocab_size, context_length=ctx)
     if path is not None and jax.process_index() == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -86,10 +98,12 @@ def caption_tokenizer(workdir: Path | None, config: ml_collections.ConfigDict) -
 
 
 class TokenizedSource:
-    """Wraps an image–caption source: adds `ids` and `mask` for the caption."""
+    """Wraps an image–caption source: adds `ids` and `mask` for the caption (for each caption
+    of a group, if the source serves groups: see `data.sources.open_source`)."""
 
     def __init__(self, source, tokenizer: Tokenizer):
         self.source, self.tokenizer = source, tokenizer
+        self.group_size = group_size(source)
 
     def __len__(self) -> int:
         return len(self.source)
@@ -100,7 +114,7 @@ class TokenizedSource:
     def __getitem__(self, index: int) -> dict:
         example = dict(self.source[index])
         captions = example["caption"]
-        grouped = isinstance(captions, list)  # a hard-negative group: [k] captions
+        grouped = isinstance(captions, list)  # a group: [k] captions
         ids, mask = self.tokenizer(captions if grouped else [captions])
         example["ids"], example["mask"] = (ids, mask) if grouped else (ids[0], mask[0])
         return example
@@ -122,6 +136,7 @@ class ClipStage(Stage):
         self.tokenizer = caption_tokenizer(self.workdir, config)
         self.clip_config = clip_config_from(config.model, self.tokenizer)
         self.model = CLIP(self.clip_config)
+        self._images = {}  # split -> opened source
 
     def init(self, rng):
         return self.model.init(rng, *dummy_inputs(self.clip_config))["params"]
@@ -133,12 +148,12 @@ class ClipStage(Stage):
 
     @property
     def group_size(self) -> int:
-        """Examples per hard-negative group (1: plain random batches)."""
-        return int(self.config.data.get("hard_negatives", 1))
+        """Examples per group of the training source (1: plain random batches)."""
+        return group_size(self.images("train"))
 
     def loss(self, params, batch, rng):
         del rng
-        if self.group_size > 1:  # [B, k, ...] groups -> one contrastive batch of B * k
+        if batch["image"].ndim == 5:  # [B, k, H, W, 3] groups: one contrastive batch of B * k
             batch = {k: v.reshape(-1, *v.shape[2:]) for k, v in batch.items()}
         text, image = self._embed(params, batch)
         scale = jnp.exp(jnp.minimum(params["logit_scale"], MAX_LOGIT_SCALE))
@@ -154,62 +169,74 @@ class ClipStage(Stage):
             "mask": jax.ShapeDtypeStruct((*group, ctx), jnp.bool_),
         }
 
+    def images(self, split: str):
+        """The image–caption source `config.data.<split>_source` (an `open_source` spec),
+        opened at `config.data.image_size` whatever size the spec names; opened once."""
+        if split not in self._images:
+            spec = self.config.data.get(f"{split}_source")
+            if not spec:
+                raise ValueError(
+                    f"config.data.{split}_source is not set: give the CLIP stage a source spec "
+                    f"(see dalle2_jax.data.sources.open_source), e.g. "
+                    f"--config.data.{split}_source='webdataset:/data/{{00000..00009}}.tar:256'."
+                )
+            self._images[split] = open_source(spec, image_size=self.config.data.image_size)
+        return self._images[split]
+
     def source(self, split):
-        """`config.data.train_source` / `eval_source` (see `data.sources.open_source`) if set,
-        else the embedded shapes dataset's split; shapes training batches come in groups of
-        `config.data.hard_negatives` scenes differing in one attribute (`data.shapes_negatives`)."""
-        spec = self.config.data.get(f"{split}_source")
-        if spec:
-            if split == "train" and self.group_size > 1:
-                raise ValueError("config.data.hard_negatives > 1 needs the shapes dataset.")
-            images = open_source(spec, image_size=self.config.data.image_size)
-        elif split == "train" and self.group_size > 1:
-            images = HardNegativeGroups(
-                self.config.seed,
-                self.config.data.image_size,
-                self.group_size,
-                self.config.data.get("hard_negative_attribute", "shape"),
+        """Tokenized examples of `images(split)`. For "train", first checks that the eval
+        source is set when the config evaluates (so a missing one fails before training)."""
+        if (
+            split == "train"
+            and self.config.get("eval_every")
+            and not self.config.data.get("eval_source")
+        ):
+            raise ValueError(
+                "config.data.eval_source is not set: the CLIP stage's evaluation (every "
+                f"config.eval_every={self.config.eval_every} steps) measures retrieval on it. "
+                "Set it to a source spec, or --config.eval_every=0 to train without evaluation."
             )
-        else:
-            images = ShapesSource(
-                seed=self.config.seed, image_size=self.config.data.image_size, split=split
-            )
-        return TokenizedSource(images, self.tokenizer)
+        return TokenizedSource(self.images(split), self.tokenizer)
 
     def evaluate(self, params, rng):
-        """Zero-shot caption->image retrieval top-1 / top-5 among held-out (never trained on)
-        and seen-combination pairs; on shapes also `shape_pair_accuracy`: how often a caption
-        scores its own image above the same scene with another shape (chance 0.5)."""
+        """Zero-shot caption->image retrieval top-1 / top-5 among the first
+        `config.eval.num_examples` pairs of `config.data.eval_source` (`retrieval_top1_heldout`,
+        `retrieval_top5_heldout`) and, if set, of `config.data.eval_seen_source` (`..._seen`;
+        on shapes, color-shape pairs seen in training), then the metrics of the evaluators
+        named in `config.eval.evaluators` (`evaluation.registry`, e.g. "shape_pairs")."""
         del rng
         metrics = {}
         embed = jax.jit(self._embed)
         n = self.config.eval.num_examples
-        splits = ("eval",) if self.config.data.get("eval_source") else ("eval", "eval_seen")
-        for split in splits:
+        for name, split in RETRIEVAL_SPLITS.items():
+            if split != "eval" and not self.config.data.get(f"{split}_source"):
+                continue
             src = self.source(split)
+            if src.group_size > 1:
+                raise ValueError(
+                    f"config.data.{split}_source serves groups of {src.group_size}; retrieval "
+                    "reads single image–caption pairs: give it an ungrouped source."
+                )
             examples = [src[i] for i in range(n)]
             batch = {k: np.stack([e[k] for e in examples]) for k in ("image", "ids", "mask")}
             text, image = (np.asarray(x) for x in embed(params, batch))
             sims = text @ image.T
             rank = (sims > np.diag(sims)[:, None]).sum(axis=1)
-            name = "heldout" if split == "eval" else "seen"
             metrics[f"retrieval_top1_{name}"] = float(np.mean(rank == 0))
             metrics[f"retrieval_top5_{name}"] = float(np.mean(rank < 5))
-            if not self.config.data.get("eval_source"):
-                metrics[f"shape_pair_accuracy_{name}"] = self._pair_accuracy(embed, params, split)
-        return metrics
 
-    def _pair_accuracy(self, embed, params, split: str) -> float:
-        pairs = TokenizedSource(
-            HardNegativeGroups(self.config.seed, self.config.data.image_size, 2, split=split),
-            self.tokenizer,
-        )
-        groups = [pairs[i] for i in range(self.config.eval.num_examples)]
-        batch = {k: np.concatenate([g[k] for g in groups]) for k in ("image", "ids", "mask")}
-        text, image = (np.asarray(x).reshape(len(groups), 2, -1) for x in embed(params, batch))
-        own = np.sum(text[:, 0] * image[:, 0], -1)
-        other = np.sum(text[:, 0] * image[:, 1], -1)
-        return float(np.mean(own > other))
+        def embed_captions(images, captions):
+            ids, mask = self.tokenizer(list(captions))
+            batch = {"image": np.asarray(images, np.float32), "ids": ids, "mask": mask}
+            return tuple(np.asarray(x) for x in embed(params, batch))
+
+        for evaluator in self.config.eval.get("evaluators", ()):
+            results = get_evaluator(evaluator, "clip")(embed_captions, self.config)
+            clash = sorted(set(results) & set(metrics))
+            if clash:
+                raise ValueError(f"Evaluator {evaluator!r} reports metrics {clash} twice.")
+            metrics.update(results)
+        return metrics
 
 
 def param_count_abstract(config: CLIPConfig) -> int:

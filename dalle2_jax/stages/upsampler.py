@@ -2,8 +2,8 @@
 
 Training examples are random crops of a quarter of the target size (`config.data.crop_size`,
 as in the paper) of full-size images (`config.data.image_size`) from `config.data.train_source`
-(any `data.sources.open_source` spec; the embedded shapes if unset), with the low-res input made by
-an antialiased bicubic downscale of the crop by `config.data.factor` followed by conditioning
+(any `data.sources.open_source` spec, read at image_size), with the low-res input made by an
+antialiased bicubic downscale of the crop by `config.data.factor` followed by conditioning
 augmentation (`config.data.augment`: "blur" for 64->256, "bsr" for 256->1024, or "none").
 The U-Net has no attention and no CLIP conditioning; it upsamples `low_res` itself and, being
 fully convolutional, samples at full size although it was trained on crops. Eps prediction,
@@ -23,7 +23,6 @@ import numpy as np
 
 from dalle2_jax import diffusion
 from dalle2_jax.data.degradations import augment, resize
-from dalle2_jax.data.shapes import ShapesSource
 from dalle2_jax.data.sources import open_source
 from dalle2_jax.data.transforms import random_crop
 from dalle2_jax.models.unet import UNet, UNetConfig
@@ -124,15 +123,27 @@ class UpsamplerStage(Stage):
 
     def full_images(self, split: str) -> ExampleSource:
         """Full-size images for `split`: `config.data.<split>_source` (any `open_source` spec,
-        opened at data.image_size whatever size the spec names), else the embedded shapes."""
+        opened at data.image_size whatever size the spec names)."""
         d = self.config.data
         spec = d.get(f"{split}_source")
-        if spec:
-            return open_source(spec, image_size=d.image_size)
-        return ShapesSource(seed=self.config.seed, image_size=d.image_size, split=split)
+        if not spec:
+            raise ValueError(
+                f"config.data.{split}_source is not set: give the upsampler stage a source spec "
+                f"of full-size images (see dalle2_jax.data.sources.open_source), e.g. "
+                f"--config.data.{split}_source='webdataset:/data/{{00000..00009}}.tar:256'."
+            )
+        return open_source(spec, image_size=d.image_size)
 
     def source(self, split):
+        """Crops of `full_images(split)`. For "train", first checks that the eval source is
+        set when the config evaluates (so a missing one fails before training)."""
         d = self.config.data
+        if split == "train" and self.config.get("eval_every") and not d.get("eval_source"):
+            raise ValueError(
+                "config.data.eval_source is not set: the upsampler's evaluation (every "
+                f"config.eval_every={self.config.eval_every} steps) measures PSNR on it. "
+                "Set it to a source spec, or --config.eval_every=0 to train without evaluation."
+            )
         return UpsamplerSource(
             self.full_images(split),
             crop_size=d.crop_size,

@@ -68,3 +68,19 @@ def test_trainer_runs_and_reports_psnr(tmp_path):
     last = rows[-1]
     assert np.isfinite(last["eval/psnr"])
     assert 10.0 < last["eval/psnr_bicubic"] < 60.0
+
+
+def test_images_come_only_from_config_data():
+    config = upsampler_config(tiny=True)
+    size = config.data.image_size
+    stage = get_stage(config)
+    expected = ShapesSource(seed=0, image_size=size, split="eval")[3]["image"]  # spec's SIZE: 64
+    np.testing.assert_array_equal(stage.full_images("eval")[3]["image"], expected)
+    config.data.eval_source = ""
+    with pytest.raises(ValueError, match="config.data.eval_source is not set"):
+        get_stage(config).source("train")  # before training, not at the first evaluation
+    config.eval_every = 0
+    get_stage(config).source("train")
+    config.data.train_source = ""
+    with pytest.raises(ValueError, match="config.data.train_source is not set"):
+        get_stage(config).source("train")

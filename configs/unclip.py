@@ -105,6 +105,9 @@ def _embeddings(tiny: bool, data: ml_collections.ConfigDict) -> ml_collections.C
             "num_eval": data.get_ref("num_eval"),
             "batch_size": 16 if tiny else 256,
             "shard_size": 16 if tiny else 10_000,
+            # Decoder only: "precomputed" shards (the default at scale), or "in_step": a
+            # frozen CLIP embeds each batch inside the train step (no precompute).
+            "mode": "precomputed",
         }
     )
 

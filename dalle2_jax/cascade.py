@@ -31,15 +31,6 @@ def embeddings_dir(workdir: str | Path, split: str) -> Path:
     return Path(workdir) / "embeddings" / split
 
 
-def clip_encoder(config: ml_collections.ConfigDict, workdir: str | Path):
-    """The frozen CLIP a stage's embeddings come from: `config.clip.hf_checkpoint` if set, else
-    the workdir's CLIP stage."""
-    from dalle2_jax.encoders import ClipEncoder
-
-    hf = (config.get("clip") or {}).get("hf_checkpoint")
-    return ClipEncoder.from_hf(hf) if hf else ClipEncoder.from_clip_workdir(workdir)
-
-
 def ensure_embeddings(emb: ml_collections.ConfigDict, encoder, workdir: str | Path) -> None:
     """CLIP embeddings of `emb.train_source` / `eval_source` (their first num_train / num_eval
     examples at CLIP's input size `emb.image_size`) by `encoder`. Every host embeds its own
@@ -68,9 +59,13 @@ def prepare_stage(config: ml_collections.ConfigDict, workdir: str | Path) -> Non
         return
     if config.data.get("source") == "synthetic":
         return
+    if config.get("embeddings", {}).get("mode") == "in_step":  # the decoder embeds as it trains
+        return
     if "embeddings" not in config:
         raise ValueError(f"config.data.embeddings_dir is not set for stage {config.stage}.")
-    encoder = clip_encoder(config, workdir)
+    from dalle2_jax.encoders import ClipEncoder
+
+    encoder = ClipEncoder.for_stage(config, workdir)
     with config.unlocked():
         if (config.get("clip") or {}).get("hf_checkpoint"):
             match_clip(config, encoder.config)

@@ -15,7 +15,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from dalle2_jax.convert.hf_clip import load_hf_clip
-from dalle2_jax.models.clip import CLIP, CLIPConfig, preprocess_images
+from dalle2_jax.models.clip import CLIP, CLIPConfig
 from dalle2_jax.text import Tokenizer, load_tokenizer
 from dalle2_jax.train.mesh import make_mesh
 
@@ -27,20 +27,9 @@ class ClipEncoder:
         self.params = jax.device_put(params, NamedSharding(self.mesh, PartitionSpec()))
         self._batch = NamedSharding(self.mesh, PartitionSpec("data"))
         model = CLIP(config)
-        size = config.vision.image_size
 
         def encode(params, images, ids, mask):
-            variables = {"params": params}
-            image = model.apply(
-                variables, preprocess_images(images, size), method=CLIP.encode_image
-            )
-            text, tokens, mask = model.apply(variables, ids, mask, method=CLIP.encode_text)
-            return {
-                "image_embed": image,
-                "text_embed": text,
-                "text_tokens": tokens,
-                "text_mask": mask,
-            }
+            return model.apply({"params": params}, images, ids, mask, method=CLIP.conditioning)
 
         self._encode = jax.jit(encode)
 
@@ -58,6 +47,13 @@ class ClipEncoder:
         return cls(
             clip.clip_config, trained.params, clip.tokenizer, name=f"clip-stage:{clip.workdir}"
         )
+
+    @classmethod
+    def for_stage(cls, config, workdir: str | Path) -> ClipEncoder:
+        """The frozen CLIP a prior / decoder config reads: `config.clip.hf_checkpoint` if set,
+        else the CLIP stage trained under the run's `workdir`."""
+        hf = (config.get("clip") or {}).get("hf_checkpoint")
+        return cls.from_hf(hf) if hf else cls.from_clip_workdir(workdir)
 
     @classmethod
     def from_hf(cls, path: str | Path, **overrides) -> ClipEncoder:

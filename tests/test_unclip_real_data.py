@@ -84,3 +84,27 @@ def test_decoder_refuses_shards_of_another_source(workdir, specs):
     decoder.data.embeddings_dir = str(workdir / "embeddings" / "train")  # of the webdataset
     with pytest.raises(ValueError, match="were computed from .*webdataset"):
         get_stage(decoder).source("train")
+
+
+def test_decoder_with_a_frozen_clip_in_the_train_step(workdir, specs):
+    """No precompute: the frozen CLIP embeds each batch inside the step, exactly as the
+    precomputed shards hold it, and the decoder trains on it."""
+    config = unclip.get_config("decoder_tiny")
+    config.data.train_source = config.data.eval_source = specs["webdataset"]
+    config.embeddings.mode = "in_step"
+    config.num_steps = 2
+    stage = get_stage(config, workdir / "decoder_in_step")
+    source = stage.source("train")
+    batch = {k: np.stack([source[i][k] for i in range(3)]) for k in stage.batch_spec()}
+    embedded = stage._embed(stage.frozen_params(), batch)
+    shards = EmbeddingShards(workdir / "embeddings" / "train")
+    np.testing.assert_allclose(embedded["image_embed"], shards.stack("image_embed", 3), atol=1e-5)
+    np.testing.assert_allclose(
+        embedded["text_tokens"], shards.stack("text_tokens", 3), atol=2e-2, rtol=2e-3
+    )
+    config.name = "decoder_in_step"
+    train_and_evaluate(config, workdir)
+    rows = read_metrics(workdir / "decoder_in_step")
+    assert len([r for r in rows if "loss" in r]) == 2
+    assert all(np.isfinite(r["loss"]) for r in rows if "loss" in r)
+    assert np.isfinite(rows[-1]["eval/mse"])

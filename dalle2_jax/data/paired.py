@@ -3,7 +3,8 @@
 `PairedSource` joins precomputed embedding shards (`data.embeddings`) with the images of the
 source they were computed from, by source index: shard example i is source example i.
 `check_provenance` refuses shards computed from another source, at another CLIP input size or
-of another count than the config expects, with a message that says which.
+of another count than the config expects, with a message that says which. `ClipInputSource`
+serves what a frozen CLIP inside the train step needs instead (no precompute).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from dalle2_jax.data.degradations import resize
 from dalle2_jax.data.embeddings import EmbeddingShards
 
 ExampleSource = Any  # random access: len() and [i] -> dict of arrays
@@ -106,3 +108,34 @@ class PairedSource:
         embeddings = self.embeddings[index]
         example.update({k: embeddings[k] for k in self.keys if k != "image"})
         return example
+
+
+class ClipInputSource:
+    """{"image" [S, S, 3], "clip_image" [C, C, 3], "ids" / "mask" [L]} from an image-caption
+    source opened at max(S, C): the decoder's target and CLIP's input of the same example, and
+    the caption tokenized for CLIP (`tokenizer(captions) -> (ids, mask)`)."""
+
+    def __init__(self, images: ExampleSource, image_size: int, clip_size: int, tokenizer):
+        self.images, self.size, self.clip_size = images, image_size, clip_size
+        self.tokenizer = tokenizer
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def stats(self) -> dict[str, int]:
+        return self.images.stats()
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        example = self.images[index]
+        image = np.asarray(example["image"], np.float32)
+
+        def at(size: int) -> np.ndarray:
+            return image if image.shape[0] == size else resize(image, size, size)
+
+        ids, mask = self.tokenizer([example["caption"]])
+        return {
+            "image": at(self.size),
+            "clip_image": at(self.clip_size),
+            "ids": ids[0],
+            "mask": mask[0],
+        }

@@ -393,6 +393,17 @@ class CLIP(nn.Module):
         hidden, pooled = self.text_model(ids, mask)
         return _normalize(self.text_projection(pooled)), hidden, mask
 
+    def conditioning(
+        self, images: jax.Array, ids: jax.Array, mask: jax.Array
+    ) -> dict[str, jax.Array]:
+        """What the prior and the decoder condition on: raw images [B, H, W, 3] (uint8, or
+        float in [-1, 1]; `preprocess_images` runs here) and caption ids / mask [B, L] ->
+        image_embed, text_embed [B, D], text_tokens [B, L, W], text_mask [B, L]."""
+        size = self.config.vision.image_size
+        image = self.encode_image(preprocess_images(images, size))
+        text, tokens, mask = self.encode_text(ids, mask)
+        return {"image_embed": image, "text_embed": text, "text_tokens": tokens, "text_mask": mask}
+
     def encode_image(self, images: jax.Array) -> jax.Array:
         """Normalised CLIP input images [B, S, S, 3] (NHWC) -> unit-norm embedding [B, D]."""
         _, pooled = self.vision_model(images)

@@ -58,7 +58,14 @@ class Stage(abc.ABC):
 
     @abc.abstractmethod
     def loss(self, params: PyTree, batch: Batch, rng: jax.Array) -> tuple[jax.Array, dict]:
-        """Scalar float32 training loss on a (micro-)batch and a dict of scalar metrics."""
+        """Scalar float32 training loss on a (micro-)batch and a dict of scalar metrics.
+        A stage with `frozen_params` takes them as a fourth argument."""
+
+    def frozen_params(self) -> PyTree | None:
+        """Parameters the loss reads but training never changes (e.g. a frozen CLIP), or None.
+        The trainer places them replicated on the mesh and passes them to every step; they
+        are not checkpointed (the stage loads them again when a run resumes)."""
+        return None
 
     @abc.abstractmethod
     def batch_spec(self) -> dict[str, jax.ShapeDtypeStruct]:

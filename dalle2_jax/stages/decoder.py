@@ -24,8 +24,14 @@ import numpy as np
 
 from dalle2_jax import diffusion
 from dalle2_jax.data.embeddings import EmbeddingShards
-from dalle2_jax.data.paired import PairedSource, SyntheticDecoderSource, check_provenance
+from dalle2_jax.data.paired import (
+    ClipInputSource,
+    PairedSource,
+    SyntheticDecoderSource,
+    check_provenance,
+)
 from dalle2_jax.data.sources import open_source
+from dalle2_jax.models.clip import CLIP
 from dalle2_jax.models.unet import UNet, UNetConfig
 from dalle2_jax.stages import register
 from dalle2_jax.stages.base import Stage
@@ -98,6 +104,7 @@ class DecoderStage(Stage):
         )
         self._eval_jit = jax.jit(self._eval_terms)
         self._invert_jit = jax.jit(self._invert_program, static_argnames=("num_steps",))
+        self._clip = None  # the frozen CLIP of the in-step mode, loaded on first use
 
     @property
     def reads_text(self) -> bool:
@@ -105,7 +112,64 @@ class DecoderStage(Stage):
 
     # -- training ------------------------------------------------------------------------------
 
+    @property
+    def embeds_in_step(self) -> bool:
+        """`config.embeddings.mode == "in_step"`: a frozen CLIP embeds each batch inside the
+        train step (no precompute; what a small run wants) instead of reading shards."""
+        mode = (self.config.get("embeddings") or {}).get("mode", "precomputed")
+        if mode not in ("precomputed", "in_step"):
+            raise ValueError(f"config.embeddings.mode={mode!r}; use 'precomputed' or 'in_step'.")
+        return mode == "in_step"
+
+    def clip(self):
+        """The frozen CLIP of the in-step mode (`ClipEncoder.for_stage`), loaded once and
+        checked against the U-Net's conditioning widths."""
+        if self._clip is None:
+            from dalle2_jax.encoders import ClipEncoder
+
+            clip = ClipEncoder.for_stage(self.config, self.workdir.parent)
+            want = (self.unet_config.clip_embed_dim, self.unet_config.text_width)
+            got = (clip.config.embed_dim, clip.config.text.width if self.reads_text else None)
+            if want != got or self.config.data.text_len != clip.config.text.context_length:
+                raise ValueError(
+                    f"The frozen CLIP {clip.name} has embed_dim, text width {got} and caption "
+                    f"length {clip.config.text.context_length}, but the decoder config has "
+                    f"clip_embed_dim, text_width {want} and data.text_len "
+                    f"{self.config.data.text_len}: set them to match."
+                )
+            self._clip = clip
+        return self._clip
+
+    def frozen_params(self):
+        return self.clip().params if self.embeds_in_step else None
+
+    def _embed(self, frozen, batch):
+        """In-step mode: the batch's CLIP conditioning from the frozen CLIP (no gradient)."""
+        if not self.embeds_in_step:
+            return batch
+        clip = CLIP(self.clip().config)
+        inputs = (batch["clip_image"], batch["ids"], batch["mask"])
+        out = clip.apply({"params": frozen}, *inputs, method=CLIP.conditioning)
+        out = jax.lax.stop_gradient(out)
+        embedded = {"image": batch["image"], "image_embed": out["image_embed"]}
+        if self.reads_text:
+            embedded.update(text_tokens=out["text_tokens"], text_mask=out["text_mask"])
+        return embedded
+
     def batch_spec(self):
+        if not self.embeds_in_step:
+            return self._conditioning_spec()
+        s, clip = self.config.data.image_size, self.clip().config
+        c, length = clip.vision.image_size, clip.text.context_length
+        return {
+            "image": jax.ShapeDtypeStruct((s, s, 3), jnp.float32),
+            "clip_image": jax.ShapeDtypeStruct((c, c, 3), jnp.float32),
+            "ids": jax.ShapeDtypeStruct((length,), jnp.int32),
+            "mask": jax.ShapeDtypeStruct((length,), jnp.bool_),
+        }
+
+    def _conditioning_spec(self):
+        """One example as the U-Net reads it: image, CLIP image embedding, caption tokens."""
         s, d = self.config.data.image_size, self.unet_config.clip_embed_dim
         spec = {
             "image": jax.ShapeDtypeStruct((s, s, 3), jnp.float32),
@@ -120,7 +184,7 @@ class DecoderStage(Stage):
         return spec
 
     def init(self, rng):
-        spec = self.batch_spec()
+        spec = self._conditioning_spec()
         dummy = {k: jnp.zeros((1, *s.shape), s.dtype) for k, s in spec.items()}
         return self.model.init(
             rng,
@@ -146,6 +210,14 @@ class DecoderStage(Stage):
                 d.num_examples,
                 *dims,
             )
+        emb = self.config.embeddings
+        if self.embeds_in_step:
+            clip = self.clip()
+            size = max(d.image_size, clip.config.vision.image_size)
+            images = open_source(emb[f"{split}_source"], image_size=size)
+            return ClipInputSource(
+                images, d.image_size, clip.config.vision.image_size, clip.tokenizer
+            )
         key = {"train": "embeddings_dir", "eval": "eval_embeddings_dir"}[split]
         if not d.get(key):
             raise ValueError(
@@ -154,7 +226,6 @@ class DecoderStage(Stage):
             )
         shards = EmbeddingShards(d[key])
         self._check_dims(shards)
-        emb = self.config.embeddings
         spec = emb[f"{split}_source"]
         images = open_source(spec, image_size=d.image_size)
         count = min(int(emb[f"num_{split}"]), len(images))  # as many as precompute embedded
@@ -162,7 +233,7 @@ class DecoderStage(Stage):
         return PairedSource(images, shards, tuple(self.batch_spec()))
 
     def _check_dims(self, shards: EmbeddingShards) -> None:
-        meta, spec = shards.meta, self.batch_spec()
+        meta, spec = shards.meta, self._conditioning_spec()
         found = {
             "image_embed": (meta["embed_dim"],),
             "text_tokens": (meta["text_len"], meta["text_width"]),
@@ -191,7 +262,8 @@ class DecoderStage(Stage):
             rngs=rngs,
         )
 
-    def loss(self, params, batch, rng):
+    def loss(self, params, batch, rng, frozen=None):
+        batch = self._embed(frozen, batch)
         key_image, key_text, key_dropout, key_diffusion = jax.random.split(rng, 4)
         batch_size = batch["image"].shape[0]
         drop_image = jax.random.bernoulli(key_image, self.image_drop_prob, (batch_size,))
@@ -361,12 +433,16 @@ class DecoderStage(Stage):
         metrics = {}
         for frac, key in zip(fractions, jax.random.split(rng, len(fractions)), strict=True):
             t = jnp.full((n,), min(T - 1, int(frac * T)), jnp.int32)
-            mse, vlb = self._eval_jit(params, batch, key, t)
+            mse, vlb = self._eval_jit(params, self._frozen_for_eval(), batch, key, t)
             metrics[f"mse_t{frac:g}"], metrics[f"vlb_t{frac:g}"] = float(mse), float(vlb)
         metrics["mse"] = float(np.mean([metrics[f"mse_t{f:g}"] for f in fractions]))
         return metrics
 
-    def _eval_terms(self, params, batch, key, t):
+    def _frozen_for_eval(self):
+        return self.clip().params if self.embeds_in_step else None
+
+    def _eval_terms(self, params, frozen, batch, key, t):
+        batch = self._embed(frozen, batch)
         b = batch["image"].shape[0]
         no_drop = jnp.zeros((b,), bool)
         cond = (

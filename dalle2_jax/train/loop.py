@@ -69,9 +69,10 @@ def stage_workdir(config: ml_collections.ConfigDict, workdir: str | Path) -> Pat
     return Path(workdir) / (config.get("name") or config.stage)
 
 
-def _compile_step(train_step, state, shardings, batch_spec, mesh, rules, key, config):
-    """AOT-compile the train step for the global batch; returns (compiled, model FLOPs per
-    step, counted as the benchmarks count them: `flops.model_flops`)."""
+def _compile_step(train_step, state, shardings, batch_spec, mesh, rules, key, frozen, config):
+    """AOT-compile the train step for the global batch (and the stage's frozen parameters,
+    replicated, if any); returns (compiled, model FLOPs per step, counted as the benchmarks
+    count them: `flops.model_flops`)."""
     B = config.batch_size
     batch_abstract = {
         name: jax.ShapeDtypeStruct(
@@ -85,13 +86,14 @@ def _compile_step(train_step, state, shardings, batch_spec, mesh, rules, key, co
             shardings,
             {k: v.sharding for k, v in batch_abstract.items()},
             replicated(mesh),
+            replicated(mesh),
         ),
         out_shardings=(shardings, replicated(mesh)),
         donate_argnums=(0,),
     )
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        compiled = jitted.lower(state, batch_abstract, key).compile()
-    return compiled, model_flops(train_step, state, batch_abstract, key)  # global batch
+        compiled = jitted.lower(state, batch_abstract, key, frozen).compile()
+    return compiled, model_flops(train_step, state, batch_abstract, key, frozen)
 
 
 def _save_config(config: ml_collections.ConfigDict, directory: Path) -> None:
@@ -184,9 +186,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         ema_decay=config.optim.ema_decay,
         grad_accum_steps=config.get("grad_accum_steps", 1),
     )
+    frozen = stage.frozen_params()  # read by the loss, never trained nor checkpointed
+    if frozen is not None:
+        frozen = jax.device_put(frozen, replicated(mesh))
     t0 = time.perf_counter()
     compiled, flops_per_step = _compile_step(
-        train_step, state, shardings, batch_spec, mesh, rules, step_key, config
+        train_step, state, shardings, batch_spec, mesh, rules, step_key, frozen, config
     )
     log.info("Compiled train step in %.1fs.", time.perf_counter() - t0)
     peak = peak_flops_per_device(mesh.devices.flat[0], config.get("peak_tflops"))
@@ -230,7 +235,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     with _SigtermFlag() as sigterm:
         while step < config.num_steps:
             batch = global_batch(next(loader), mesh)
-            state, metrics = compiled(state, batch, step_key)
+            state, metrics = compiled(state, batch, step_key, frozen)
             step += 1
             window_steps += 1
             if unchecked is not None:

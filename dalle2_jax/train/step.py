@@ -40,11 +40,16 @@ def make_train_step(
     ema_decay: float,
     grad_accum_steps: int = 1,
 ) -> Callable:
-    """`train_step(state, batch, key) -> (state, metrics)`; `loss_fn(params, batch, rng)`
-    returns (scalar loss, dict of scalar metrics). The step key is `fold_in(key, step)`."""
+    """`train_step(state, batch, key, frozen=None) -> (state, metrics)`; `loss_fn(params,
+    batch, rng)` (or `loss_fn(params, batch, rng, frozen)` when the step is given parameters
+    that are read but not trained, e.g. a frozen CLIP) returns (scalar loss, dict of scalar
+    metrics). The step key is `fold_in(key, step)`."""
 
-    def grads_and_metrics(params, batch, rng):
-        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    def grads_and_metrics(params, batch, rng, frozen):
+        def objective(p, b, r):
+            return loss_fn(p, b, r) if frozen is None else loss_fn(p, b, r, frozen)
+
+        grad_fn = jax.value_and_grad(objective, has_aux=True)
         if grad_accum_steps == 1:
             (loss, aux), grads = grad_fn(params, batch, rng)
             return loss, aux, grads
@@ -60,7 +65,7 @@ def make_train_step(
             acc_aux = jax.tree.map(jnp.add, acc_aux, aux)
             return (acc_grads, acc_loss + loss, acc_aux), None
 
-        _, aux_shape = jax.eval_shape(loss_fn, params, jax.tree.map(lambda x: x[0], micro), rng)
+        _, aux_shape = jax.eval_shape(objective, params, jax.tree.map(lambda x: x[0], micro), rng)
         aux0 = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), aux_shape)
         idx = jnp.arange(grad_accum_steps)
         (grads, loss, aux), _ = jax.lax.scan(body, (zeros, jnp.float32(0.0), aux0), (idx, micro))
@@ -71,9 +76,9 @@ def make_train_step(
             jax.tree.map(lambda g: g * scale, grads),
         )
 
-    def train_step(state: TrainState, batch: dict, key: jax.Array):
+    def train_step(state: TrainState, batch: dict, key: jax.Array, frozen=None):
         rng = jax.random.fold_in(key, state.step)
-        loss, aux, grads = grads_and_metrics(state.params, batch, rng)
+        loss, aux, grads = grads_and_metrics(state.params, batch, rng, frozen)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         d = ema_decay_at(state.step, ema_decay)

@@ -173,9 +173,9 @@ def decoder_config(tiny: bool, data: ml_collections.ConfigDict) -> ml_collection
     config.model = ml_collections.ConfigDict(
         {
             "model_channels": 32 if tiny else 192,
-            "channel_mult": (1, 2) if tiny else (1, 2, 3, 4),
+            "channel_mult": (1,) if tiny else (1, 2, 3, 4),
             "num_res_blocks": 1 if tiny else 3,
-            "attention_resolutions": (8,) if tiny else (32, 16, 8),
+            "attention_resolutions": (16,) if tiny else (32, 16, 8),
             "num_head_channels": 32 if tiny else 64,
             "dropout": 0.0 if tiny else 0.1,
             "resblock_updown": not tiny,

@@ -5,7 +5,8 @@ About 986M parameters. Not trainable on CPU; instantiate abstractly with
 Train on a pod (bring a CLIP BPE vocabulary and webdataset shards):
   python train.py --config configs/clip_paper.py --workdir gs://bucket/clip \\
     --config.data.tokenizer=/path/to/clip-vit-large-patch14 \\
-    --config.data.train_source="webdataset:/data/{00000..09999}.tar:256"
+    --config.data.train_source="webdataset:/data/{00000..09999}.tar:256" \\
+    --config.data.eval_source="webdataset:/data/eval/{00000..00003}.tar:256"
 Cost: the paper trained for many days on a large TPU/GPU cluster; expect that order.
 """
 

@@ -8,9 +8,10 @@ Variants:
       schedule, 15 DDIM steps; batch 512, 1M iterations.
 Both: AdamW lr 1.2e-4, EMA 0.9999 (tests/models/test_unet.py counts the parameters abstractly).
 
-The upsampler stage reads the embedded shapes images today (real data: configs/unclip.py,
-planned); run on a pod with
-  python train.py --config configs/upsampler_paper.py:64_256 --workdir gs://bucket/up256
+Run on a pod with your data (any `open_source` spec, read at the full target size):
+  python train.py --config configs/upsampler_paper.py:64_256 --workdir gs://bucket/up256 \
+    --config.data.train_source="array_record:gs://bucket/data/*.array_record:256" \
+    --config.data.eval_source="webdataset:/data/eval/{00000..00003}.tar:256"
 Cost: expect a large TPU/GPU cluster for days to weeks per upsampler.
 """
 
@@ -65,6 +66,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             "crop_size": v["image_size"] // 4,
             "factor": v["factor"],
             "augment": v["augment"],
+            "train_source": "",  # required: an open_source spec (docs/data.md)
+            "eval_source": "",
             "shuffle": True,
             "num_threads": 16,
         }

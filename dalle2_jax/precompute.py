@@ -60,18 +60,15 @@ def precompute_embeddings(
     start, stop = host_range(num_examples, host, num_hosts)
     image_size = int(encoder.config.vision.image_size)
 
-    def writer() -> ShardWriter:
-        return ShardWriter(
-            out_dir,
-            shard_size=shard_size,
-            clip_model=encoder.name,
-            source=source_spec,
-            image_size=image_size,
-            start=start,
-            stop=stop,
-        )
-
-    out = writer()
+    out = ShardWriter(
+        out_dir,
+        shard_size=shard_size,
+        clip_model=encoder.name,
+        source=source_spec,
+        image_size=image_size,
+        start=start,
+        stop=stop,
+    )
     done = start + out.num_complete
     with (
         out,
@@ -89,7 +86,7 @@ def precompute_embeddings(
             captions = [e["caption"] for e in examples]
             out.add(**encoder.encode(images, captions), captions=captions)
             bar.update(len(examples))
-    return writer().num_complete
+    return out.num_complete  # the last shard was written when the `with` closed it
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

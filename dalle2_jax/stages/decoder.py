@@ -433,13 +433,10 @@ class DecoderStage(Stage):
         metrics = {}
         for frac, key in zip(fractions, jax.random.split(rng, len(fractions)), strict=True):
             t = jnp.full((n,), min(T - 1, int(frac * T)), jnp.int32)
-            mse, vlb = self._eval_jit(params, self._frozen_for_eval(), batch, key, t)
+            mse, vlb = self._eval_jit(params, self.frozen_params(), batch, key, t)
             metrics[f"mse_t{frac:g}"], metrics[f"vlb_t{frac:g}"] = float(mse), float(vlb)
         metrics["mse"] = float(np.mean([metrics[f"mse_t{f:g}"] for f in fractions]))
         return metrics
-
-    def _frozen_for_eval(self):
-        return self.clip().params if self.embeds_in_step else None
 
     def _eval_terms(self, params, frozen, batch, key, t):
         batch = self._embed(frozen, batch)

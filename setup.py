@@ -23,7 +23,7 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS = {
-    # torch is only the independent reference for CLIP parity tests (CPU build).
+    # torch and diffusers are only independent references for parity tests (CPU build).
     "test": [
         "pytest>=8",
         "importlib_resources>=6",
@@ -31,6 +31,7 @@ EXTRAS = {
         "portpicker>=1.6",
         "ruff>=0.6",
         "torch==2.13.0",
+        "diffusers==0.42.1",
     ],
     "cuda": ["jax[cuda13]"],
     "tpu": ["jax[tpu]"],

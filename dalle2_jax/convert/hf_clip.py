@@ -5,8 +5,8 @@ Our modules carry HF's submodule names, so the mapping is mechanical: `layers_3`
 permuted from OIHW to HWIO. It is driven by the abstract parameter tree of the model, so every
 parameter must be found with the right shape and every checkpoint tensor must be used.
 
-safetensors checkpoints are read with `safetensors.numpy` (no torch); `pytorch_model.bin`
-needs torch, imported only then.
+Files are read and written by `dalle2_jax.convert.weights` (safetensors without torch;
+`pytorch_model.bin` with torch's `weights_only` loading).
 """
 
 from __future__ import annotations
@@ -22,10 +22,11 @@ import jax
 import numpy as np
 from flax import traverse_util
 
+from dalle2_jax.convert import weights
 from dalle2_jax.models.clip import CLIP, CLIPConfig, dummy_inputs
 
 Params = dict[str, Any]
-StateDict = dict[str, np.ndarray]
+StateDict = weights.StateDict
 
 # Non-persistent buffers that older checkpoints contain; not parameters.
 HARMLESS_KEYS = re.compile(r"(^|\.)position_ids$")
@@ -54,53 +55,15 @@ def load_hf_clip(path: str | Path, **config_overrides: Any) -> tuple[CLIPConfig,
 def read_state_dict(path: str | Path) -> StateDict:
     """All tensors of a checkpoint directory: model.safetensors (optionally sharded with an
     index) or pytorch_model.bin, as numpy arrays."""
-    path = Path(path)
-    if (path / "model.safetensors").is_file():
-        return _read_safetensors(path / "model.safetensors")
-    if (path / "model.safetensors.index.json").is_file():
-        index = json.loads((path / "model.safetensors.index.json").read_text())
-        state: StateDict = {}
-        for shard in sorted(set(index["weight_map"].values())):
-            state.update(_read_safetensors(path / shard))
-        return state
-    if (path / "pytorch_model.bin").is_file():
-        return _read_torch_bin(path / "pytorch_model.bin")
-    raise FileNotFoundError(
-        f"No model.safetensors, model.safetensors.index.json or pytorch_model.bin in {path}."
-    )
+    return weights.read_state_dict(path, weights.TRANSFORMERS_FILES)
 
 
 def save_hf_clip(params: Params, config: CLIPConfig, path: str | Path) -> None:
     """Write `config.json` + `model.safetensors` loadable by `transformers.CLIPModel`."""
-    from safetensors.numpy import save_file
-
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    state = params_to_state_dict(params, config)
-    save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
+    weights.write_safetensors(params_to_state_dict(params, config), path / "model.safetensors")
     (path / "config.json").write_text(json.dumps(config.to_hf_config(), indent=2) + "\n")
-
-
-def _read_safetensors(file: Path) -> StateDict:
-    from safetensors.numpy import load_file
-
-    return dict(load_file(str(file)))
-
-
-def _read_torch_bin(file: Path) -> StateDict:
-    try:
-        import torch
-    except ImportError as e:
-        raise ImportError(
-            f"Reading {file.name} needs torch (the CPU build is enough: pip install torch). "
-            "Alternatively convert the checkpoint to model.safetensors once."
-        ) from e
-    state = torch.load(file, map_location="cpu", weights_only=True)
-    return {
-        k: (v.float() if v.is_floating_point() else v).numpy()
-        for k, v in state.items()
-        if isinstance(v, torch.Tensor)
-    }
 
 
 # ---------------------------------------------------------------------------------------------

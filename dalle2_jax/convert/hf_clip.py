@@ -23,6 +23,7 @@ import numpy as np
 from flax import traverse_util
 
 from dalle2_jax.convert import weights
+from dalle2_jax.convert.keys import check_state_dict
 from dalle2_jax.models.clip import CLIP, CLIPConfig, dummy_inputs
 
 Params = dict[str, Any]
@@ -49,7 +50,7 @@ def load_hf_clip(path: str | Path, **config_overrides: Any) -> tuple[CLIPConfig,
     if not config_file.is_file():
         raise FileNotFoundError(f"No config.json in {path}; expected a HF CLIPModel directory.")
     config = CLIPConfig.from_hf_config(json.loads(config_file.read_text()), **config_overrides)
-    return config, state_dict_to_params(read_state_dict(path), config)
+    return config, state_dict_to_params(read_state_dict(path), config, str(path))
 
 
 def read_state_dict(path: str | Path) -> StateDict:
@@ -102,37 +103,34 @@ def abstract_params(config: CLIPConfig) -> Params:
     return nn.unbox(variables)["params"]
 
 
-def state_dict_to_params(state: Mapping[str, np.ndarray], config: CLIPConfig) -> Params:
-    """HF CLIPModel state dict -> our params (float32 numpy); ValueError naming any missing,
-    unexpected or mis-shaped tensors."""
+def _hf_shape(leaf: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape a parameter of ours has in the HF file (`_to_hf` on shapes)."""
+    if leaf == "kernel" and len(shape) == 2:
+        return shape[::-1]
+    if leaf == "kernel" and len(shape) == 4:
+        return (shape[3], shape[2], shape[0], shape[1])
+    return tuple(shape)
+
+
+def state_dict_to_params(
+    state: Mapping[str, np.ndarray], config: CLIPConfig, source: str = "the checkpoint"
+) -> Params:
+    """HF CLIPModel state dict -> our params (float32 numpy). `WeightsMismatchError` (a
+    ValueError) naming the first mismatching key and both shapes when the file does not fit."""
     expected = traverse_util.flatten_dict(abstract_params(config))
-    params: dict[tuple[str, ...], np.ndarray] = {}
-    missing, bad_shape, used = [], [], set()
-    for path, target in expected.items():
-        key = hf_key(path)
-        if key not in state:
-            missing.append(key)
-            continue
-        used.add(key)
-        # np.array copies into C order; np.ascontiguousarray would turn 0-d into 1-d.
-        value = np.array(_to_ours(path[-1], np.asarray(state[key])), np.float32, order="C")
-        if value.shape != target.shape:
-            bad_shape.append(f"{key}: checkpoint {value.shape} vs model {target.shape}")
-        params[path] = value
-    unexpected = sorted(k for k in state if k not in used and not HARMLESS_KEYS.search(k))
-    problems = []
-    if missing:
-        problems.append(f"missing keys {sorted(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys {unexpected}")
-    if bad_shape:
-        problems.append(f"shape mismatches {bad_shape}")
-    if problems:
-        raise ValueError(
-            "Checkpoint does not match the CLIP config: "
-            + "; ".join(problems)
-            + ". Check that config.json belongs to these weights (a HF CLIPModel checkpoint)."
-        )
+    check_state_dict(
+        {hf_key(path): _hf_shape(path[-1], target.shape) for path, target in expected.items()},
+        {key: np.shape(value) for key, value in state.items()},
+        source,
+        target="this CLIP config",
+        ignore=HARMLESS_KEYS,
+        hint="Check that config.json belongs to these weights (a HF CLIPModel checkpoint).",
+    )
+    # np.array copies into C order; np.ascontiguousarray would turn 0-d into 1-d.
+    params = {
+        path: np.array(_to_ours(path[-1], np.asarray(state[hf_key(path)])), np.float32, order="C")
+        for path in expected
+    }
     return traverse_util.unflatten_dict(params)
 
 

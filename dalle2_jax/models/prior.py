@@ -11,6 +11,14 @@ at the final query, projected back to the CLIP dim, is the predicted unnoised im
 (x0 prediction). For classifier-free guidance a learned null text embedding and learned null
 token encodings (all attended) replace the caption where `drop_text` is True.
 
+The same module computes diffusers' `PriorTransformer` (Karlo's released prior; weights via
+`dalle2_jax.convert.diffusers_prior`) with three options: `time_mlp_dim` (its
+`time_embed_dim`, the hidden width of the timestep MLP), `learned_null=False` (it has no null
+parameters: the unconditional branch is the CLIP encoding of the empty caption, passed as an
+ordinary caption) and `causal=False` (diffusers applies its causal mask only when an
+attention mask is passed; without one every position attends every other). Its -10000
+additive mask bias and our boolean mask agree exactly in float32.
+
 The model only sees normalised image embeddings; the scale / mean-std normalisation lives with
 the stage (`dalle2_jax.data.embeddings.EmbeddingNormalizer`). `scan_layers` stacks the blocks
 under one `nn.scan` (parameters get a leading 'layers' axis, replicated by the default rules),
@@ -53,6 +61,11 @@ class PriorConfig:
     width, depth, heads, mlp_dim: the transformer (mlp_dim 0 means 4 * width).
     use_text_encodings: False conditions on the text embedding alone (no caption tokens).
     time_embed_dim: size of the sinusoidal timestep features fed to the timestep MLP.
+    time_mlp_dim: hidden width of the timestep MLP (0 means width).
+    learned_null: learned null caption parameters for classifier-free guidance (`drop_text`);
+        False has none (as diffusers' PriorTransformer): guide with the encoded empty caption.
+    causal: causal attention (padded caption tokens hidden either way); False lets every
+        position attend every other, as diffusers' PriorTransformer called without a mask.
     dtype: compute dtype of the matmuls ("bfloat16" on accelerators); params stay float32.
     attention: the attention kernel, "xla" or "cudnn" (NVIDIA GPUs, bf16; see
         dalle2_jax.models.attention).
@@ -76,6 +89,9 @@ class PriorConfig:
     mlp_dim: int = 0
     use_text_encodings: bool = True
     time_embed_dim: int = 128
+    time_mlp_dim: int = 0
+    learned_null: bool = True
+    causal: bool = True
     act: str = "gelu"
     layer_norm_eps: float = 1e-5
     dtype: str = "float32"
@@ -90,7 +106,9 @@ class PriorConfig:
             raise ValueError(f"width {self.width} is not divisible by heads {self.heads}.")
         if self.act not in ACTIVATIONS:
             raise ValueError(f"Unknown activation {self.act!r}; known: {sorted(ACTIVATIONS)}.")
-        if min(self.clip_embed_dim, self.width, self.depth, self.time_embed_dim) < 1:
+        if min(self.clip_embed_dim, self.width, self.depth, self.time_embed_dim) < 1 or (
+            self.time_mlp_dim < 0
+        ):
             raise ValueError(f"Prior dimensions must be positive: {self}.")
         if self.use_text_encodings and min(self.text_len, self.text_width) < 1:
             raise ValueError("use_text_encodings needs text_len >= 1 and text_width >= 1.")
@@ -105,6 +123,10 @@ class PriorConfig:
     @property
     def hidden_dim(self) -> int:
         return self.mlp_dim or 4 * self.width
+
+    @property
+    def time_hidden_dim(self) -> int:
+        return self.time_mlp_dim or self.width
 
     @property
     def num_text_tokens(self) -> int:
@@ -122,19 +144,28 @@ class PriorConfig:
         return -(-self.seq_len // multiple) * multiple
 
 
-def prior_attention_mask(text_mask: jax.Array | None, num_tail: int = NUM_TAIL_TOKENS) -> jax.Array:
+def prior_attention_mask(
+    text_mask: jax.Array | None,
+    num_tail: int = NUM_TAIL_TOKENS,
+    *,
+    causal: bool = True,
+    num_pad: int = 0,
+) -> jax.Array:
     """Boolean [B or 1, 1, S, S] mask: causal, and padded caption tokens hidden as keys.
 
     `text_mask` [B, L] (True = real token) covers the first L positions; the `num_tail`
     positions after them (text embedding, timestep, noised embedding, query, then any padding
-    positions, which causality hides) are always valid.
+    positions, which causality hides) are always valid. `causal=False` drops the causal
+    part; the last `num_pad` of the tail positions (sequence padding) are then hidden as keys.
     """
-    if text_mask is None:
+    if causal and text_mask is None:
         return causal_mask(num_tail)
-    keys = jnp.concatenate(
-        [text_mask.astype(bool), jnp.ones((text_mask.shape[0], num_tail), bool)], axis=1
-    )
-    return causal_mask(keys.shape[1]) & keys[:, None, None, :]
+    batch = 1 if text_mask is None else text_mask.shape[0]
+    parts = [] if text_mask is None else [text_mask.astype(bool)]
+    valid_tail = num_tail if causal else num_tail - num_pad
+    parts += [jnp.ones((batch, valid_tail), bool), jnp.zeros((batch, num_tail - valid_tail), bool)]
+    keys = jnp.concatenate(parts, axis=1)[:, None, None, :]
+    return causal_mask(keys.shape[-1]) & keys if causal else keys
 
 
 def dummy_inputs(config: PriorConfig, batch: int = 1) -> tuple[jax.Array | None, ...]:
@@ -208,7 +239,8 @@ class DiffusionPrior(nn.Module):
     ) -> jax.Array:
         """x_t [B, D] noised embedding, t int [B] timesteps, text_embed [B, D], text_tokens
         [B, L, W] and text_mask bool [B, L] (when `use_text_encodings`), drop_text bool [B]
-        (True: use the learned null caption) -> predicted x0 [B, D] in float32.
+        (True: use the learned null caption; only with `learned_null`) -> predicted x0
+        [B, D] in float32.
 
         The final-LayerNorm hidden states [B, S, width] are sown as
         ("intermediates", "hidden") for inspection.
@@ -217,6 +249,12 @@ class DiffusionPrior(nn.Module):
         dtype = jnp.dtype(cfg.dtype)
         B = x_t.shape[0]
         self._check_inputs(x_t, t, text_embed, text_tokens, text_mask)
+        if drop_text is not None and not cfg.learned_null:
+            raise ValueError(
+                "This prior has no learned null caption (learned_null=False, as diffusers' "
+                "PriorTransformer): pass the encoded empty caption as the unconditional input "
+                "instead of drop_text."
+            )
         drop = jnp.zeros((B,), bool) if drop_text is None else drop_text.astype(bool)
         width = cfg.width
 
@@ -229,21 +267,27 @@ class DiffusionPrior(nn.Module):
 
         # Conditioning: the caption, or the learned null caption where drop_text is set.
         text = project(text_embed, "text_embed_proj").astype(jnp.float32)
-        null_text = learned("null_text_embed", (width,), ("embed",))
-        parts = [jnp.where(drop[:, None], null_text[None], text)[:, None]]
+        if cfg.learned_null:
+            null_text = learned("null_text_embed", (width,), ("embed",))
+            text = jnp.where(drop[:, None], null_text[None], text)
+        parts = [text[:, None]]
         mask = None
         if cfg.use_text_encodings:
             real = text_mask.astype(bool)
             # Zero padded encodings so arbitrary values (even NaN) there cannot leak through V.
             tokens = jnp.where(real[..., None], text_tokens.astype(jnp.float32), 0.0)
             tokens = project(tokens, "text_tokens_proj").astype(jnp.float32)
-            null_tokens = learned("null_text_tokens", (cfg.text_len, width), (None, "embed"))
-            tokens = jnp.where(drop[:, None, None], null_tokens[None], tokens)
-            mask = jnp.where(drop[:, None], True, real)
+            mask = real
+            if cfg.learned_null:
+                null_tokens = learned("null_text_tokens", (cfg.text_len, width), (None, "embed"))
+                tokens = jnp.where(drop[:, None, None], null_tokens[None], tokens)
+                mask = jnp.where(drop[:, None], True, real)
             parts.insert(0, tokens)
 
         temb = timestep_embedding(t, cfg.time_embed_dim)
-        temb = dense(width, (None, "mlp"), dtype=dtype, name="time_mlp_in")(temb.astype(dtype))
+        temb = dense(cfg.time_hidden_dim, (None, "mlp"), dtype=dtype, name="time_mlp_in")(
+            temb.astype(dtype)
+        )
         temb = dense(width, ("mlp", "embed"), dtype=dtype, name="time_mlp_out")(nn.silu(temb))
         query = learned("final_query", (width,), ("embed",))
         parts += [
@@ -258,7 +302,10 @@ class DiffusionPrior(nn.Module):
         x = nn.with_logical_constraint(jnp.pad(x, ((0, 0), (0, pad), (0, 0))), ACTIVATION_AXES)
 
         x = x.astype(cfg.residual_dtype)  # blocks keep the stream in the dtype they are given
-        x = self._blocks()(x, prior_attention_mask(mask, NUM_TAIL_TOKENS + pad))
+        attn_mask = prior_attention_mask(
+            mask, NUM_TAIL_TOKENS + pad, causal=cfg.causal, num_pad=pad
+        )
+        x = self._blocks()(x, attn_mask)
         hidden = layer_norm(cfg.layer_norm_eps, name="final_layer_norm")(x[:, : cfg.seq_len])
         hidden = nn.with_logical_constraint(hidden, ACTIVATION_AXES)
         self.sow("intermediates", "hidden", hidden)

@@ -1,0 +1,143 @@
+"""Hugging Face DINOv2 checkpoints -> `dalle2_jax.models.dinov2.Dinov2Model` params.
+
+Reads a folder holding `config.json` and `model.safetensors` (or `pytorch_model.bin`, loaded
+with torch `weights_only=True`) of a `Dinov2Model` or `Dinov2WithRegistersModel`, e.g. a
+download of facebook/dinov2-large. Keys may be in the layout the Hub checkpoints (and
+transformers' `save_pretrained`) use (`attention.attention.query`, `mlp.weights_in`) or in
+transformers 5's module names (`attention.q_proj`, `mlp.gate_proj` + `mlp.up_proj`).
+Every parameter must be found with its shape and every tensor used; the first mismatch is
+named with both shapes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+from flax import traverse_util
+
+from dalle2_jax.convert.hf_clip import read_state_dict
+from dalle2_jax.models.dinov2 import Dinov2Config, Dinov2Model, dummy_images
+
+Params = dict[str, Any]
+StateDict = dict[str, np.ndarray]
+
+# transformers 5 module names -> the Hub layout
+_NEW_TO_HUB = (
+    (re.compile(r"\.attention\.q_proj\."), ".attention.attention.query."),
+    (re.compile(r"\.attention\.k_proj\."), ".attention.attention.key."),
+    (re.compile(r"\.attention\.v_proj\."), ".attention.attention.value."),
+    (re.compile(r"\.attention\.o_proj\."), ".attention.output.dense."),
+    (re.compile(r"\.mlp\.down_proj\."), ".mlp.weights_out."),
+)
+# our module path pieces -> the Hub layout
+_MODULES = {
+    "q_proj": "attention.query",
+    "k_proj": "attention.key",
+    "v_proj": "attention.value",
+    "out_proj": "output.dense",
+    "patch_embeddings": "patch_embeddings.projection",
+}
+_LEAVES = {"kernel": "weight", "scale": "weight", "bias": "bias"}
+
+
+def load_hf_dinov2(path: str | Path, **config_overrides: Any) -> tuple[Dinov2Config, Params]:
+    """Config and float32 numpy params of a Hugging Face DINOv2 folder.
+
+    `config_overrides` replace Dinov2Config fields (e.g. interpolate_offset=0.1 to reproduce
+    Meta's torch.hub models, dtype="bfloat16").
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"DINOv2 checkpoint folder {path} does not exist; it needs config.json and "
+            "model.safetensors (or pytorch_model.bin) of a Hugging Face Dinov2Model, e.g. a "
+            "download of facebook/dinov2-large."
+        )
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(
+            f"No config.json in {path}; a DINOv2 checkpoint folder needs the config.json of a "
+            "Hugging Face Dinov2Model next to its weights."
+        )
+    config = Dinov2Config.from_hf_config(json.loads(config_file.read_text()), **config_overrides)
+    return config, state_dict_to_params(read_state_dict(path), config)
+
+
+def hub_key(path: tuple[str, ...]) -> str:
+    """Hub state-dict key of one of our parameter paths."""
+    *modules, leaf = path
+    names = []
+    for m in modules:
+        layer = re.fullmatch(r"layer_(\d+)", m)
+        names.append(f"encoder.layer.{layer.group(1)}" if layer else _MODULES.get(m, m))
+    return ".".join([*names, _LEAVES.get(leaf, leaf)])
+
+
+def to_hub_layout(state: Mapping[str, np.ndarray]) -> StateDict:
+    """Renames transformers 5 keys to the Hub layout; gate_proj + up_proj -> weights_in."""
+    out: StateDict = {}
+    for key, value in state.items():
+        for pattern, replacement in _NEW_TO_HUB:
+            key = pattern.sub(replacement, key)
+        out[key] = np.asarray(value)
+    for gate in [k for k in out if ".mlp.gate_proj." in k]:
+        up = gate.replace(".gate_proj.", ".up_proj.")
+        if up in out:
+            fused = gate.replace(".gate_proj.", ".weights_in.")
+            out[fused] = np.concatenate([out.pop(gate), out.pop(up)], axis=0)
+    return out
+
+
+def _to_ours(leaf: str, x: np.ndarray) -> np.ndarray:
+    if leaf == "kernel" and x.ndim == 2:  # torch Linear [out, in] -> [in, out]
+        return x.T
+    if leaf == "kernel" and x.ndim == 4:  # torch Conv2d OIHW -> HWIO
+        return x.transpose(2, 3, 1, 0)
+    return x
+
+
+def abstract_params(config: Dinov2Config) -> Params:
+    """Shapes and dtypes of the model's params (no memory, no compute)."""
+    images = dummy_images(config, size=config.patch_size)
+    variables = jax.eval_shape(lambda: Dinov2Model(config).init(jax.random.key(0), images))
+    return nn.unbox(variables)["params"]
+
+
+def state_dict_to_params(state: Mapping[str, np.ndarray], config: Dinov2Config) -> Params:
+    """DINOv2 state dict -> our params (float32 numpy); ValueError naming the first missing,
+    mis-shaped or unexpected tensor (with both shapes) and how many problems there are."""
+    state = to_hub_layout(state)
+    expected = traverse_util.flatten_dict(abstract_params(config))
+    params: dict[tuple[str, ...], np.ndarray] = {}
+    problems: list[str] = []
+    for path, target in expected.items():
+        key = hub_key(path)
+        if key not in state:
+            problems.append(f"missing key {key!r} (the model expects shape {target.shape})")
+            continue
+        value = np.array(_to_ours(path[-1], state[key]), np.float32, order="C")
+        if value.shape != target.shape:
+            problems.append(
+                f"key {key!r} has shape {tuple(state[key].shape)} in the checkpoint "
+                f"({value.shape} in our layout) but the model expects {target.shape}"
+            )
+        params[path] = value
+    used = {hub_key(p) for p in expected}
+    problems += [
+        f"unexpected key {k!r} with shape {tuple(state[k].shape)}" for k in state if k not in used
+    ]
+    if problems:
+        more = f" ({len(problems) - 1} more problems)" if len(problems) > 1 else ""
+        raise ValueError(
+            f"Checkpoint does not match the DINOv2 config: {problems[0]}{more}. Check that "
+            "config.json belongs to these weights (a Hugging Face Dinov2Model or "
+            "Dinov2WithRegistersModel checkpoint)."
+        )
+    return traverse_util.unflatten_dict(params)

@@ -12,6 +12,10 @@ One module, `UNet(config)`, configured by a frozen `UNetConfig`:
   token encodings pass through GLIDE's text pathway (`TextEncoder`); its final valid token is
   added to the timestep embedding, and its outputs, followed by the CLIP tokens, form the
   context that every attention layer reads through its own `encoder_kv` projection.
+  Karlo's decoder (diffusers' UNet2DConditionModel with SimpleCrossAttn blocks and
+  UnCLIPTextProjModel, `dalle2_jax.convert.diffusers_unet`) is this network with three options:
+  the raw CLIP embedding (`clip_embed_unit_rms=False`), CLIP's pooled text embedding as the
+  caption vector (`text_embed_dim`) and a linear + LayerNorm text pathway (0 layers).
 * Upsampler mode (`low_res_channels`): the low-resolution image is resized to the input's size
   with antialiased bicubic interpolation and concatenated to the input channels. The network is
   fully convolutional: any input whose sides divide by 2**(levels-1) works at apply time.
@@ -56,9 +60,17 @@ class UNetConfig:
     model_channels, channel_mult, num_res_blocks: width per level = model_channels * mult.
     attention_resolutions: feature-map sizes (at image_size) with self-attention; () = none,
         which also drops ADM's middle attention (fully convolutional upsamplers).
+    middle_attention: attention in the middle block; None = iff attention_resolutions (ADM).
+        True with attention_resolutions=() is middle-only attention (diffusers' UNet2DModel
+        with resnet blocks and add_attention).
     clip_embed_dim: width of the CLIP image embedding; None = not conditioned on CLIP.
+    clip_embed_unit_rms: rescale the CLIP embedding to unit RMS before projecting it (this
+        project's decoders); False projects the raw embedding (Karlo).
     num_clip_tokens: context tokens projected from the CLIP embedding (unCLIP: 4).
     text_width: width W_text of caption token encodings [B, L, W_text]; None = no text.
+    text_embed_dim: width of a pooled caption embedding `text_embed` [B, text_embed_dim] that
+        is projected into the timestep embedding (Karlo: CLIP's projected text embedding);
+        None = GLIDE's pooling, the final valid token of the encoded caption. Needs text_width.
     context_dim: width of context tokens (GLIDE's xf_width, the encoder_kv input width).
     text_encoder_layers / text_encoder_heads: GLIDE text transformer on the caption tokens
         (0 layers = linear projection + LayerNorm only).
@@ -76,6 +88,7 @@ class UNetConfig:
     channel_mult: tuple[int, ...]
     num_res_blocks: int
     attention_resolutions: tuple[int, ...]
+    middle_attention: bool | None = None
     in_channels: int = 3
     out_channels: int = 3
     num_head_channels: int = 64
@@ -84,8 +97,10 @@ class UNetConfig:
     norm_groups: int = NORM_GROUPS
     resblock_updown: bool = True
     clip_embed_dim: int | None = None
+    clip_embed_unit_rms: bool = True
     num_clip_tokens: int = 4
     text_width: int | None = None
+    text_embed_dim: int | None = None
     context_dim: int = 512
     text_encoder_layers: int = 0
     text_encoder_heads: int = 8
@@ -136,7 +151,7 @@ class UNetConfig:
             for i, m in enumerate(self.channel_mult)
             if 2**i in self.attention_ds
         }
-        if self.attention_resolutions:  # the middle block attends too
+        if self.has_middle_attention:
             attn_widths.add(self.model_channels * self.channel_mult[-1])
         bad = sorted(w for w in attn_widths if w % self.num_head_channels)
         if bad:
@@ -146,6 +161,11 @@ class UNetConfig:
             )
         if self.num_clip_tokens < 0:
             raise ValueError(f"num_clip_tokens must be >= 0, got {self.num_clip_tokens}")
+        if self.text_embed_dim is not None and (self.text_embed_dim < 1 or not self.text_width):
+            raise ValueError(
+                f"text_embed_dim={self.text_embed_dim} needs a positive width and text_width set "
+                "(the pooled caption embedding comes with the caption's tokens)"
+            )
         if self.text_encoder_layers and self.context_dim % self.text_encoder_heads:
             raise ValueError(
                 f"context_dim {self.context_dim} is not divisible by text_encoder_heads "
@@ -170,6 +190,13 @@ class UNetConfig:
         return frozenset(self.image_size // r for r in self.attention_resolutions)
 
     @property
+    def has_middle_attention(self) -> bool:
+        """Whether the middle block attends (`middle_attention`, or ADM's rule)."""
+        if self.middle_attention is None:
+            return bool(self.attention_resolutions)
+        return self.middle_attention
+
+    @property
     def time_embed_dim(self) -> int:
         return 4 * self.model_channels
 
@@ -192,6 +219,8 @@ class UNet(nn.Module):
         the unconditional branch of classifier-free guidance, as unCLIP drops it).
     text_tokens [B, L, text_width], text_mask [B, L] (True = real token, default all True):
         required iff config.text_width is set; an all-False mask drops the caption.
+    text_embed [B, text_embed_dim]: the pooled caption embedding, required iff
+        config.text_embed_dim is set.
     low_res [B, h, w, low_res_channels]: required iff config.low_res_channels is set.
     train: enables dropout (rng collection 'dropout').
     """
@@ -207,6 +236,7 @@ class UNet(nn.Module):
         clip_embed: jax.Array | None = None,
         text_tokens: jax.Array | None = None,
         text_mask: jax.Array | None = None,
+        text_embed: jax.Array | None = None,
         low_res: jax.Array | None = None,
         train: bool = False,
     ) -> jax.Array:
@@ -222,7 +252,7 @@ class UNet(nn.Module):
 
         emb = self._time_embedding(t)
         emb, context, context_mask = self._conditioning(
-            emb, batch, clip_embed, text_tokens, text_mask
+            emb, batch, clip_embed, text_tokens, text_mask, text_embed
         )
 
         res_cls = nn.remat(ResBlock, static_argnums=(3,)) if cfg.remat else ResBlock
@@ -274,7 +304,7 @@ class UNet(nn.Module):
                 ds *= 2
 
         h = res_block("middle_block_0", h.shape[-1])(h, emb, train)
-        if cfg.attention_resolutions:
+        if cfg.has_middle_attention:
             h = attention("middle_block_attn", h)
         h = res_block("middle_block_1", h.shape[-1])(h, emb, train)
 
@@ -363,11 +393,17 @@ class UNet(nn.Module):
         clip_embed: jax.Array | None,
         text_tokens: jax.Array | None,
         text_mask: jax.Array | None,
+        text_embed: jax.Array | None,
     ) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
         """Adds CLIP / caption vectors to `emb`; returns (emb, context [B,S,D], mask [B,S])."""
         cfg = self.config
         tokens, masks = [], []
 
+        if cfg.text_embed_dim is None and text_embed is not None:
+            raise ValueError(
+                "text_embed given, but config.text_embed_dim is None (this U-Net pools the "
+                "caption's encoded tokens)"
+            )
         if cfg.text_width is None:
             if text_tokens is not None or text_mask is not None:
                 raise ValueError(
@@ -398,7 +434,7 @@ class UNet(nn.Module):
                 attention=cfg.attention,
                 name="text_encoder",
             )(text_tokens, text_mask)
-            pooled = last_valid_token(encoded, text_mask)
+            pooled = self._pooled_text(encoded, text_mask, text_embed)
             emb = emb + dense(
                 cfg.time_embed_dim, ("embed", "mlp"), dtype=jnp.float32, name="text_proj"
             )(pooled)
@@ -426,9 +462,10 @@ class UNet(nn.Module):
             # the conditioning enters at the timestep embedding's scale instead of ~10% of it
             # (why it matters: docs/demo-log.md).
             clip_embed = clip_embed.astype(jnp.float32)
-            clip_embed = clip_embed * jax.lax.rsqrt(
-                jnp.mean(jnp.square(clip_embed), axis=-1, keepdims=True) + 1e-12
-            )
+            if cfg.clip_embed_unit_rms:
+                clip_embed = clip_embed * jax.lax.rsqrt(
+                    jnp.mean(jnp.square(clip_embed), axis=-1, keepdims=True) + 1e-12
+                )
             emb = emb + dense(
                 cfg.time_embed_dim, ("embed", "mlp"), dtype=jnp.float32, name="clip_emb_proj"
             )(clip_embed)
@@ -448,3 +485,20 @@ class UNet(nn.Module):
             jnp.concatenate(tokens, axis=1), ("batch", "length", "embed")
         )
         return emb, context, jnp.concatenate(masks, axis=1)
+
+    def _pooled_text(
+        self, encoded: jax.Array, text_mask: jax.Array, text_embed: jax.Array | None
+    ) -> jax.Array:
+        """The caption vector added to the timestep embedding: `text_embed` if the config takes
+        one (Karlo), else GLIDE's final valid token of the encoded caption."""
+        cfg = self.config
+        if cfg.text_embed_dim is None:
+            return last_valid_token(encoded, text_mask)
+        expected = (encoded.shape[0], cfg.text_embed_dim)
+        if text_embed is None or text_embed.shape != expected:
+            got = None if text_embed is None else text_embed.shape
+            raise ValueError(
+                f"this U-Net takes a pooled caption embedding: pass text_embed [B, "
+                f"text_embed_dim] = {expected}, got {got}"
+            )
+        return text_embed.astype(jnp.float32)

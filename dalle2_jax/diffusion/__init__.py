@@ -45,6 +45,14 @@ Samplers (samplers.py) — one lax.scan each
                    x0_transform=None) -> x0
   ddpm_sample_loop / ddim_sample_loop / dpm_solver_pp_2m_loop on an already-respaced schedule
 
+Karlo's sampler, diffusers' UnCLIPScheduler (unclip_scheduler.py) — one lax.scan
+  UnCLIPSchedulerConfig(num_train_timesteps, variance_type, clip_sample, clip_sample_range,
+                        prediction_type); .from_diffusers(dict) / .to_diffusers()
+  unclip_sample_loop(config, model_fn, x_T, key=None, *, num_steps, noise=None) -> x0
+      variance_type: "fixed_small_log" | "learned_range"; prediction_type: "epsilon" | "sample"
+  unclip_timesteps(T, num_steps); unclip_alphas(T); unclip_steps(config, num_steps);
+  unclip_step(config, steps, k, model_output, x, noise) -> (x_prev, x0)
+
 Guidance (guidance.py)
   classifier_free_guidance(model_fn(x, t, cond), cond, null_cond, scale, *,
                            variance="fixed_small") -> model_fn(x, t)
@@ -106,6 +114,13 @@ from dalle2_jax.diffusion.schedules import (
     solver_timesteps,
     space_timesteps,
 )
+from dalle2_jax.diffusion.unclip_scheduler import (
+    UnCLIPSchedulerConfig,
+    unclip_sample_loop,
+    unclip_step,
+    unclip_steps,
+    unclip_timesteps,
+)
 
 __all__ = [
     "PREDICTIONS",
@@ -114,6 +129,7 @@ __all__ = [
     "TIMESTEP_SAMPLINGS",
     "VARIANCES",
     "Schedule",
+    "UnCLIPSchedulerConfig",
     "classifier_free_guidance",
     "ddim_invert",
     "ddim_sample_from",
@@ -149,6 +165,10 @@ __all__ = [
     "split_learned_variance",
     "static_clip",
     "training_loss",
+    "unclip_sample_loop",
+    "unclip_step",
+    "unclip_steps",
+    "unclip_timesteps",
     "v_target",
     "vlb_term",
     "x0_and_eps",

@@ -14,6 +14,7 @@ Cost and results on a 2-core CPU: docs/demo.md (the full log: docs/demo-log.md).
 import ml_collections
 
 from configs import common, prior_paper
+from dalle2_jax.evaluation.shapes_eval import sample_prompts
 
 SEED = 0  # one seed for every stage: the decoder pairs embeddings and images by index
 CLIP_SIZE = 32
@@ -327,10 +328,13 @@ def all_config(tiny: bool = False) -> ml_collections.ConfigDict:
         decoder.model.update(
             {"clip_embed_dim": 32, "text_width": 32, "attention_resolutions": (16,)}
         )
+    num_prompts = 2 if tiny else 4  # per split: seen and held-out color-shape pairs
     config.samples = ml_collections.ConfigDict(
-        {"num_prompts": 2 if tiny else 4, "num_images": 2 if tiny else 4}
+        {"prompts": sample_prompts(num_prompts, SEED), "num_images": 2 if tiny else 4}
     )
-    config.eval = ml_collections.ConfigDict({"num_per_split": 4 if tiny else 64})
+    config.eval = ml_collections.ConfigDict(
+        {"num_per_split": 4 if tiny else 64, "evaluators": ("shapes_attributes",)}
+    )
     return config
 
 

@@ -289,7 +289,7 @@ def all_config(tiny: bool) -> ml_collections.ConfigDict:
     config.samples = ml_collections.ConfigDict(
         {"num_prompts": 2 if tiny else 8, "num_images": 2 if tiny else 4}
     )
-    config.eval = ml_collections.ConfigDict({"shapes": False})
+    config.eval = ml_collections.ConfigDict({"evaluators": ()})  # evaluation.registry, cascade
     return config
 
 

@@ -1,5 +1,5 @@
 """A cascade end to end: CLIP -> embeddings -> prior -> decoder -> upsampler(s), then
-`samples.png` (a captioned grid) and, for the embedded shapes demo, `eval.json` in the workdir.
+`samples.png` (a captioned grid) and `eval.json` (the evaluators the config names) in the workdir.
 
 Each stage is an ordinary `train_and_evaluate` run in `workdir/<stage>/`, so each resumes on
 its own; the embedding shards are written once (resumably, every host its own range) after
@@ -106,11 +106,7 @@ def train_cascade(config: ml_collections.ConfigDict, workdir: str | Path) -> dic
             return None
         log.info("Stage %s done in %.0fs.", name, timings[name])
     start = time.perf_counter()
-    if config.eval.get("shapes", True):
-        result = sample_and_evaluate(config, workdir)
-    else:
-        pipe = load_pipeline(config, workdir)
-        result = {"samples": write_samples(pipe, config, workdir, eval_captions(config))}
+    result = sample_and_evaluate(config, workdir)
     timings["sample_and_eval"] = time.perf_counter() - start
     result["seconds"] = timings
     if jax.process_index() == 0:
@@ -146,17 +142,14 @@ def load_pipeline(config: ml_collections.ConfigDict, workdir: Path):
 
 
 def sample_and_evaluate(config: ml_collections.ConfigDict, workdir: Path) -> dict:
-    """samples.png for held-out prompts and the eval.json dictionary of the shapes demo."""
-    from dalle2_jax.evaluation.shapes_eval import evaluate_shapes, evaluation_prompts
+    """samples.png for `config.samples.prompts` (default: captions of the eval source), then
+    the cascade evaluators named in `config.eval.evaluators` (evaluation.registry); their
+    metrics, with the grid's path, are the eval.json dictionary."""
+    from dalle2_jax.evaluation.registry import get_evaluator
 
     pipe = load_pipeline(config, workdir)
-    prompts = {}
-    for split, (_, captions) in evaluation_prompts(config.samples.num_prompts).items():
-        prompts.update({c: split for c in captions})
-    write_samples(pipe, config, workdir, list(prompts))
-    return evaluate_shapes(
-        lambda c, k: pipe.text_to_image(c, k),
-        encoder=pipe.encoder,
-        num_per_split=config.eval.num_per_split,
-        seed=config.get("seed", 0),
-    )
+    prompts = list(config.samples.get("prompts") or eval_captions(config))
+    result = {"samples": write_samples(pipe, config, workdir, prompts)}
+    for name in config.get("eval", {}).get("evaluators", ()):
+        result.update(get_evaluator(name, "cascade")(pipe, config))
+    return result

@@ -9,8 +9,11 @@ What an evaluator receives, by the stage it is registered for:
 - "clip": `fn(embed, config) -> dict[str, float]`, where `embed(images, captions)` maps float
   images [N, H, W, 3] in [-1, 1] and N captions to the CLIP's (text, image) embeddings, numpy
   [N, D] each, and `config` is the stage's config.
+- "cascade": `fn(pipe, config) -> dict`, where `pipe` is the trained `pipeline.UnCLIP` and
+  `config` the cascade's config; the cascade writes what it returns into eval.json.
 
-Built in: "shape_pairs" (clip; `evaluation.shapes_clip`).
+Built in: "shape_pairs" (clip; `evaluation.shapes_clip`), "shapes_attributes" (cascade;
+`evaluation.shapes_eval`).
 """
 
 from __future__ import annotations
@@ -58,4 +61,4 @@ def evaluator_names(stage: str) -> list[str]:
 
 
 def _import_builtin_evaluators() -> None:
-    from dalle2_jax.evaluation import shapes_clip  # noqa: F401
+    from dalle2_jax.evaluation import shapes_clip, shapes_eval  # noqa: F401

@@ -20,6 +20,7 @@ from dalle2_jax.data.shapes_reader import read_attributes
 from dalle2_jax.data.shapes_render import render
 from dalle2_jax.data.shapes_scene import COLOR_NAMES, POSITIONS, SHAPES, SIZES, Scene
 from dalle2_jax.data.transforms import to_float
+from dalle2_jax.evaluation.registry import register
 
 ATTRIBUTES = ("color", "shape", "size", "position")
 CHANCE = {
@@ -60,6 +61,23 @@ def evaluation_prompts(
         scenes = [source.scene(i) for i in range(num_per_split)]
         prompts[name] = (scenes, [caption(s) for s in scenes])
     return prompts
+
+
+def sample_prompts(num_per_split: int, seed: int = 0) -> list[str]:
+    """The captions of the demo's samples grid: `num_per_split` seen, then held-out."""
+    prompts = evaluation_prompts(num_per_split, seed).values()
+    return list(dict.fromkeys(c for _, captions in prompts for c in captions))
+
+
+@register("shapes_attributes", stage="cascade")
+def evaluate_cascade(pipe, config) -> dict:
+    """The cascade evaluator of the shapes demo: `evaluate_shapes` of its text-to-image."""
+    return evaluate_shapes(
+        lambda c, k: pipe.text_to_image(c, k),
+        encoder=pipe.encoder,
+        num_per_split=config.eval.num_per_split,
+        seed=config.get("seed", 0),
+    )
 
 
 def evaluate_shapes(

@@ -6,7 +6,7 @@ download of facebook/dinov2-large. Keys may be in the layout the Hub checkpoints
 transformers' `save_pretrained`) use (`attention.attention.query`, `mlp.weights_in`) or in
 transformers 5's module names (`attention.q_proj`, `mlp.gate_proj` + `mlp.up_proj`).
 Every parameter must be found with its shape and every tensor used; the first mismatch is
-named with both shapes.
+named with both shapes (`convert.keys.check_state_dict`, as every converter here).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import numpy as np
 from flax import traverse_util
 
 from dalle2_jax.convert.hf_clip import read_state_dict
+from dalle2_jax.convert.keys import check_state_dict
 from dalle2_jax.models.dinov2 import Dinov2Config, Dinov2Model, dummy_images
 
 Params = dict[str, Any]
@@ -67,7 +68,7 @@ def load_hf_dinov2(path: str | Path, **config_overrides: Any) -> tuple[Dinov2Con
             "Hugging Face Dinov2Model next to its weights."
         )
     config = Dinov2Config.from_hf_config(json.loads(config_file.read_text()), **config_overrides)
-    return config, state_dict_to_params(read_state_dict(path), config)
+    return config, state_dict_to_params(read_state_dict(path), config, str(path))
 
 
 def hub_key(path: tuple[str, ...]) -> str:
@@ -110,34 +111,32 @@ def abstract_params(config: Dinov2Config) -> Params:
     return nn.unbox(variables)["params"]
 
 
-def state_dict_to_params(state: Mapping[str, np.ndarray], config: Dinov2Config) -> Params:
-    """DINOv2 state dict -> our params (float32 numpy); ValueError naming the first missing,
-    mis-shaped or unexpected tensor (with both shapes) and how many problems there are."""
+def _hub_shape(leaf: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape of one of our params in the file's (torch) layout."""
+    if leaf == "kernel" and len(shape) == 2:
+        return shape[::-1]
+    if leaf == "kernel" and len(shape) == 4:  # HWIO -> OIHW
+        return (shape[3], shape[2], shape[0], shape[1])
+    return tuple(shape)
+
+
+def state_dict_to_params(
+    state: Mapping[str, np.ndarray], config: Dinov2Config, source: str = "the state dict"
+) -> Params:
+    """DINOv2 state dict -> our params (float32 numpy); `WeightsMismatchError` naming the first
+    mismatching key with both shapes (`convert.keys.check_state_dict`)."""
     state = to_hub_layout(state)
     expected = traverse_util.flatten_dict(abstract_params(config))
-    params: dict[tuple[str, ...], np.ndarray] = {}
-    problems: list[str] = []
-    for path, target in expected.items():
-        key = hub_key(path)
-        if key not in state:
-            problems.append(f"missing key {key!r} (the model expects shape {target.shape})")
-            continue
-        value = np.array(_to_ours(path[-1], state[key]), np.float32, order="C")
-        if value.shape != target.shape:
-            problems.append(
-                f"key {key!r} has shape {tuple(state[key].shape)} in the checkpoint "
-                f"({value.shape} in our layout) but the model expects {target.shape}"
-            )
-        params[path] = value
-    used = {hub_key(p) for p in expected}
-    problems += [
-        f"unexpected key {k!r} with shape {tuple(state[k].shape)}" for k in state if k not in used
-    ]
-    if problems:
-        more = f" ({len(problems) - 1} more problems)" if len(problems) > 1 else ""
-        raise ValueError(
-            f"Checkpoint does not match the DINOv2 config: {problems[0]}{more}. Check that "
-            "config.json belongs to these weights (a Hugging Face Dinov2Model or "
-            "Dinov2WithRegistersModel checkpoint)."
-        )
+    check_state_dict(
+        {hub_key(p): _hub_shape(p[-1], t.shape) for p, t in expected.items()},
+        {k: v.shape for k, v in state.items()},
+        source,
+        target="the DINOv2 of its config.json",
+        hint="Check that config.json belongs to these weights (a Hugging Face Dinov2Model or "
+        "Dinov2WithRegistersModel checkpoint).",
+    )
+    params = {
+        path: np.array(_to_ours(path[-1], state[hub_key(path)]), np.float32, order="C")
+        for path in expected
+    }
     return traverse_util.unflatten_dict(params)

@@ -15,6 +15,7 @@ from PIL import Image
 
 from dalle2_jax.convert.hf_dinov2 import load_hf_dinov2
 from dalle2_jax.convert.keys import WeightsMismatchError
+from dalle2_jax.evaluation.dinov2_features import dinov2_features, load_fd_dinov2
 from dalle2_jax.models.dinov2 import Dinov2Model, interpolate_positions, preprocess_images
 
 TOL = 1e-4
@@ -128,3 +129,27 @@ def test_converter_errors_name_the_file_and_the_key(dinov2, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({**config, "model_type": "vit"}))
     with pytest.raises(ValueError, match="model_type 'vit'"):
         load_hf_dinov2(tmp_path)
+
+
+def test_dinov2_features_of_an_image_set_match_transformers(dinov2):
+    """Odd-sized uint8 images, PIL-resized to 21 px (an interpolated grid), 8 devices with a
+    padded last batch; the FD-DINOv2 loader sets torch.hub's offset."""
+    model, path = dinov2
+    rng = np.random.default_rng(4)
+    images = [rng.integers(0, 256, size=(20 + i, 30 - i, 3), dtype=np.uint8) for i in range(11)]
+    config, params = load_hf_dinov2(path)
+    ours = dinov2_features(images, config, params, size=21, batch_size=8, progress=False)
+    pixels = np.stack(
+        [
+            np.asarray(Image.fromarray(im).resize((21, 21), Image.Resampling.BICUBIC))
+            for im in images
+        ]
+    )
+    pixels = (pixels / 255.0 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
+    with torch.no_grad():
+        expected = model(pixel_values=torch.tensor(pixels, dtype=torch.float32).permute(0, 3, 1, 2))
+    np.testing.assert_allclose(ours, expected.pooler_output.numpy(), atol=TOL, rtol=0)
+
+    assert load_fd_dinov2(path)[0].interpolate_offset == 0.1 and config.interpolate_offset == 0
+    clean = dinov2_features(images, config, params, mode="clean", size=21, progress=False)
+    assert 0 < np.abs(clean - ours).max() < 0.5  # float resize: close, not equal

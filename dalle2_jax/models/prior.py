@@ -169,7 +169,8 @@ def prior_attention_mask(
 
 
 def dummy_inputs(config: PriorConfig, batch: int = 1) -> tuple[jax.Array | None, ...]:
-    """Zero inputs of the right shapes for `init`: (x_t, t, text_embed, tokens, mask, drop)."""
+    """Zero inputs of the right shapes for `init`: (x_t, t, text_embed, tokens, mask, drop);
+    drop is None without `learned_null`."""
     tokens = mask = None
     if config.use_text_encodings:
         tokens = jnp.zeros((batch, config.text_len, config.text_width), jnp.float32)
@@ -180,7 +181,7 @@ def dummy_inputs(config: PriorConfig, batch: int = 1) -> tuple[jax.Array | None,
         jnp.zeros((batch, config.clip_embed_dim), jnp.float32),
         tokens,
         mask,
-        jnp.zeros((batch,), bool),
+        jnp.zeros((batch,), bool) if config.learned_null else None,
     )
 
 

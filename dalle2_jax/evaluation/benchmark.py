@@ -1,0 +1,346 @@
+"""Zero-shot text-to-image benchmark: FID, KID, FD-DINOv2 and CLIP score of a trained unCLIP.
+
+    python -m dalle2_jax.evaluation.benchmark --workdir runs/unclip \\
+        --captions annotations/captions_val2014.json --reference coco_val2014_images/ \\
+        --num 30000 --out results.json --metrics fid,kid,fd_dinov2,clip_score \\
+        --inception-weights pt_inception-2015-12-05-6726825d.pth \\
+        --dinov2 dinov2-large/ --clip clip-vit-large-patch14/
+
+One image per caption (`evaluation.captions`: COCO's file gives one caption per image) is
+sampled with a fixed seed, batch by batch (batch i draws from fold_in(seed, i)), and written
+as PNG under `--samples` (default: next to --out) as it goes: a rerun continues where the
+last one stopped and draws what an uninterrupted run would. The reference is a folder of
+images or an image source spec; its statistics are computed once and cached next to it as
+`.npz` (pytorch-fid's layout: a published statistics file works as `--reference` for FID).
+results.json holds each metric, the settings, the number of images and the git commit.
+
+- fid / kid: FID Inception pool3 (`evaluation.fid`; clean-fid's resize by default);
+- fd_dinov2: Fréchet distance of DINOv2 CLS features as dgm-eval (`evaluation.dinov2_features`);
+- clip_score: 100 cos(image, caption) averaged, as torchmetrics (`evaluation.clip_score`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+from dalle2_jax.evaluation.captions import read_captions
+from dalle2_jax.evaluation.frechet import (
+    Statistics,
+    feature_statistics,
+    frechet_distance,
+    kernel_inception_distance,
+    load_statistics,
+)
+from dalle2_jax.evaluation.image_sets import open_image_set
+
+METRICS = ("fid", "kid", "fd_dinov2", "clip_score")
+Generate = Callable[[list[str], jax.Array], np.ndarray]  # captions, key -> uint8 [B, H, W, 3]
+SAMPLE_OPTIONS = (
+    ("prior-steps", int),
+    ("prior-sampler", str),
+    ("prior-guidance", float),
+    ("best-of", int),
+    ("decoder-steps", int),
+    ("decoder-sampler", str),
+    ("decoder-guidance", float),
+    ("upsampler-steps", int),
+    ("upsampler-sampler", str),
+)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m dalle2_jax.evaluation.benchmark", description=__doc__.split("\n\n")[0]
+    )
+    p.add_argument("--workdir", required=True, help="unCLIP workdir trained with train.py")
+    p.add_argument("--captions", required=True, help="COCO captions .json, .jsonl or .txt")
+    p.add_argument("--reference", required=True, help="image folder, source spec, or FID .npz")
+    p.add_argument("--num", type=int, required=True, help="images to sample (one per caption)")
+    p.add_argument("--out", default="results.json", help="results JSON")
+    p.add_argument("--samples", default="", help="sample folder (default: OUT's stem_samples)")
+    p.add_argument("--metrics", default=",".join(METRICS), help=f"comma list of {METRICS}")
+    p.add_argument("--inception-weights", default="", help="pytorch-fid's pt_inception .pth")
+    p.add_argument("--dinov2", default="", help="Hugging Face DINOv2 folder (dinov2-large)")
+    p.add_argument("--clip", default="", help="Hugging Face CLIP folder for the CLIP score")
+    p.add_argument("--fid-mode", default="clean", choices=("clean", "legacy"))
+    p.add_argument("--batch-size", type=int, default=64, help="captions per sampling batch")
+    p.add_argument("--feature-batch-size", type=int, default=64, help="images per feature step")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    for name, kind in SAMPLE_OPTIONS:
+        p.add_argument(f"--{name}", type=kind, default=None)
+    return p.parse_args(argv)
+
+
+def parse_metrics(text: str) -> list[str]:
+    metrics = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown or not metrics:
+        raise ValueError(f"--metrics {text!r}: unknown {unknown}; choose from {METRICS}.")
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling, resumable
+# ---------------------------------------------------------------------------------------------
+
+
+class PngFiles(Sequence[np.ndarray]):
+    """The samples of one run, read lazily as uint8 RGB arrays, in caption order."""
+
+    def __init__(self, paths: Sequence[Path]):
+        self.paths = list(paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        with Image.open(self.paths[index]) as image:
+            return np.asarray(image.convert("RGB"))
+
+
+def sample_images(
+    generate: Generate,
+    captions: Sequence[str],
+    out_dir: str | Path,
+    *,
+    batch_size: int,
+    seed: int,
+    settings: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> PngFiles:
+    """Write one PNG per caption (`{index:06d}.png`) under `out_dir`; batch i of `batch_size`
+    captions draws from fold_in(key(seed), i). Batches already on disk are skipped, so a rerun
+    continues (with the same seed, batch size and `settings`, recorded in settings.json)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    recorded = {"seed": seed, "batch_size": batch_size, **(settings or {})}
+    settings_file = out_dir / "settings.json"
+    if settings_file.is_file():
+        before = json.loads(settings_file.read_text())
+        if before != recorded:
+            raise ValueError(
+                f"{out_dir} holds samples drawn with other settings ({before}, now {recorded}); "
+                "pass another --samples folder or the same settings."
+            )
+    else:
+        settings_file.write_text(json.dumps(recorded, indent=2) + "\n")
+    key = jax.random.key(seed)
+    paths = [out_dir / f"{i:06d}.png" for i in range(len(captions))]
+    starts = range(0, len(captions), batch_size)
+    with tqdm(total=len(captions), unit="img", desc="sampling", disable=not progress) as bar:
+        for b, lo in enumerate(starts):
+            batch = range(lo, min(lo + batch_size, len(captions)))
+            if all(paths[i].is_file() for i in batch):
+                bar.update(len(batch))
+                continue
+            images = np.asarray(generate([captions[i] for i in batch], jax.random.fold_in(key, b)))
+            if images.dtype != np.uint8 or len(images) != len(batch):
+                raise ValueError(f"The sampler returned {images.dtype} {images.shape}.")
+            for i, image in zip(batch, images, strict=True):
+                tmp = paths[i].with_suffix(".tmp")
+                Image.fromarray(image).save(tmp, format="PNG")
+                tmp.replace(paths[i])  # a file on disk is always complete
+            bar.update(len(batch))
+    return PngFiles(paths)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reference statistics, cached
+# ---------------------------------------------------------------------------------------------
+
+
+def cache_path(reference: str, name: str) -> Path:
+    """`<folder>.<name>.npz` next to a reference folder or file; for a source spec, next to
+    its first path component that exists."""
+    path = Path(reference.rstrip("/"))
+    if not path.exists():
+        parts = [Path(s) for s in re.split(r"[:,{]", reference) if s and Path(s).exists()]
+        if not parts:
+            raise ValueError(f"Cannot place a statistics cache next to {reference!r}.")
+        path = parts[0]
+    return path.with_name(f"{path.name}.{name}.npz")
+
+
+def cached_features(
+    reference: str, name: str, features: Callable[[Sequence[np.ndarray]], np.ndarray]
+) -> tuple[Statistics, np.ndarray]:
+    """(mean, covariance) and features of the reference images under one feature extractor,
+    from `cache_path(reference, name)` (arrays mu, sigma and features) or computed and saved."""
+    cache = cache_path(reference, name)
+    if cache.is_file():
+        with np.load(cache) as data:
+            return (data["mu"], data["sigma"]), data["features"]
+    x = features(open_image_set(reference))
+    mu, sigma = feature_statistics(x)
+    np.savez(cache, mu=mu, sigma=sigma, features=x)  # pytorch-fid's layout, plus the features
+    return (mu, sigma), x
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics
+# ---------------------------------------------------------------------------------------------
+
+
+def _need(path: str, flag: str, what: str) -> str:
+    if not path:
+        raise ValueError(f"{flag} is required for {what}.")
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{flag} {path} does not exist; {what} needs it.")
+    return path
+
+
+def check_inputs(reference: str, metrics: Sequence[str], args: argparse.Namespace) -> None:
+    """Fail before sampling: the reference and every weights file the metrics need."""
+    if reference.endswith(".npz"):
+        if set(metrics) - {"fid", "clip_score"}:
+            raise ValueError(
+                f"--reference {reference} is a statistics file: it serves FID only; KID and "
+                "FD-DINOv2 need the reference images (a folder or source spec)."
+            )
+        if not Path(reference).is_file():
+            raise FileNotFoundError(f"--reference {reference} does not exist.")
+    if "fid" in metrics or "kid" in metrics:
+        _need(args.inception_weights, "--inception-weights", "FID and KID")
+    if "fd_dinov2" in metrics:
+        _need(args.dinov2, "--dinov2", "FD-DINOv2")
+    if "clip_score" in metrics:
+        _need(args.clip, "--clip", "the CLIP score")
+
+
+def compute_metrics(
+    samples: Sequence[np.ndarray],
+    captions: Sequence[str],
+    reference: str,
+    metrics: Sequence[str],
+    args: argparse.Namespace,
+) -> dict[str, float]:
+    """The requested metrics of `samples` (uint8 images) against `reference`."""
+    options = dict(batch_size=args.feature_batch_size, progress=not args.no_progress)
+    result: dict[str, float] = {}
+    check_inputs(reference, metrics, args)
+    stats_only = reference.endswith(".npz")
+    if "fid" in metrics or "kid" in metrics:
+        from dalle2_jax.convert.fid_inception import load_fid_inception
+        from dalle2_jax.evaluation.inception_features import inception_features
+
+        weights = _need(args.inception_weights, "--inception-weights", "FID and KID")
+        variables = load_fid_inception(weights)
+        extract = lambda images: inception_features(  # noqa: E731
+            images, variables, mode=args.fid_mode, **options
+        )
+        x = extract(samples)
+        if stats_only:
+            ref_stats, ref = load_statistics(reference), None
+        else:
+            ref_stats, ref = cached_features(reference, f"fid_{args.fid_mode}", extract)
+        if "fid" in metrics:
+            result["fid"] = frechet_distance(*feature_statistics(x), *ref_stats)
+        if "kid" in metrics:
+            result["kid_mean"], result["kid_std"] = kernel_inception_distance(x, ref)
+    if "fd_dinov2" in metrics:
+        from dalle2_jax.evaluation.dinov2_features import dinov2_features, load_fd_dinov2
+
+        config, params = load_fd_dinov2(_need(args.dinov2, "--dinov2", "FD-DINOv2"))
+        extract = lambda images: dinov2_features(images, config, params, **options)  # noqa: E731
+        ref_stats, _ = cached_features(reference, "fd_dinov2", extract)
+        result["fd_dinov2"] = frechet_distance(*feature_statistics(extract(samples)), *ref_stats)
+    if "clip_score" in metrics:
+        from dalle2_jax.evaluation.clip_score import ClipScorer, clip_score
+
+        scorer = ClipScorer.load(_need(args.clip, "--clip", "the CLIP score"))
+        batch = args.feature_batch_size
+        batches = (
+            (np.stack(samples[lo : lo + batch]), captions[lo : lo + batch])
+            for lo in range(0, len(captions), batch)
+        )
+        scores = scorer.pair_scores(
+            batches, batch_size=batch, total=len(captions), progress=options["progress"]
+        )
+        result["clip_score"] = clip_score(scores)
+    return result
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def main(argv: list[str] | None = None, generate: Generate | None = None) -> dict[str, Any]:
+    """Run the benchmark; returns what it writes to --out. `generate` replaces the workdir's
+    pipeline (tests)."""
+    args = parse_args(argv)
+    metrics = parse_metrics(args.metrics)
+    captions = read_captions(args.captions, num=args.num)
+    check_inputs(args.reference, metrics, args)
+    out = Path(args.out)
+    samples_dir = Path(args.samples) if args.samples else out.with_name(f"{out.stem}_samples")
+    fields = [name.replace("-", "_") for name, _ in SAMPLE_OPTIONS]
+    sample_options = {field: getattr(args, field) for field in fields}
+    if generate is None:
+        from dalle2_jax.pipeline import SampleOptions, UnCLIP
+
+        pipe = UnCLIP.from_workdir(args.workdir)
+        opts = SampleOptions(**sample_options)
+        generate = lambda texts, key: pipe.text_to_image(texts, key, opts=opts)  # noqa: E731
+    settings = {"workdir": str(args.workdir), "captions": str(args.captions), **sample_options}
+    samples = sample_images(
+        generate,
+        captions,
+        samples_dir,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        settings=settings,
+        progress=not args.no_progress,
+    )
+    result = {
+        "metrics": compute_metrics(samples, captions, args.reference, metrics, args),
+        "num_images": len(captions),
+        "reference": args.reference,
+        "settings": {
+            **settings,
+            "seed": args.seed,
+            "batch_size": args.batch_size,
+            "fid_mode": args.fid_mode,
+            "inception_weights": args.inception_weights,
+            "dinov2": args.dinov2,
+            "clip": args.clip,
+            "clip_score_reduction": "torchmetrics",
+        },
+        "git_commit": git_commit(),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result["metrics"], indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (FileNotFoundError, ValueError) as error:
+        print(f"benchmark: {error}", file=sys.stderr)
+        raise SystemExit(1) from None

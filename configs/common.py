@@ -34,6 +34,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.log_every = 10
     config.eval_every = 0  # 0: no periodic evaluation
     config.progress_bar = True
+    # Non-finite (NaN/Inf) steps skipped, update not applied, before the run stops (0: stop at
+    # the first); counted across resumes, logged as nonfinite_skipped (docs/faults.md).
+    config.max_bad_steps = 0
     # Dense bf16 peak TFLOP/s per device for the logged MFU; 0: the data-sheet figure of the
     # device kind (`dalle2_jax.train.flops.PEAK_TFLOPS`), no MFU where unknown (CPU).
     config.peak_tflops = 0.0
@@ -57,7 +60,8 @@ def base_config() -> ml_collections.ConfigDict:
         }
     )
     config.checkpoint = ml_collections.ConfigDict(
-        {"every_steps": 500, "keep": 3, "async_save": True}
+        # restore_step: resume from this step instead of the latest (later steps are set aside).
+        {"every_steps": 500, "keep": 3, "async_save": True, "restore_step": placeholder(int)}
     )
     config.distributed = ml_collections.ConfigDict(
         {
@@ -68,6 +72,8 @@ def base_config() -> ml_collections.ConfigDict:
             "local_device_ids": placeholder(tuple),
             "cpu_collectives": placeholder(str),  # "gloo" for CPU-only multi-process runs
             "initialization_timeout": 300,
+            # A process whose peer sent no heartbeat for this long stops (0: never).
+            "peer_timeout_s": 120,
         }
     )
     return config

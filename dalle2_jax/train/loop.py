@@ -3,10 +3,14 @@
 Sections: (1) mesh, stage and optimizer; (2) state, born sharded or restored; (3) data from
 the saved position; (4) the ahead-of-time compiled, donated train step; (5) the loop with
 logging, evaluation, checkpoints, preemption and NaN checks.
+
+Faults end in a `faults.TrainingFault` with one paragraph for the user (docs/faults.md); the
+checkpoint manager, metrics writer and peer watchdog are closed on every path.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import signal
@@ -23,6 +27,11 @@ from dalle2_jax import stages
 from dalle2_jax.data.loader import BatchLoader
 from dalle2_jax.train import distributed
 from dalle2_jax.train.checkpoint import Checkpointer
+from dalle2_jax.train.faults import (
+    CheckpointRestoreError,
+    NonFiniteLossError,
+    TrainingStopped,
+)
 from dalle2_jax.train.flops import model_flops, peak_flops_per_device
 from dalle2_jax.train.mesh import (
     batch_sharding,
@@ -39,8 +48,7 @@ from dalle2_jax.train.step import make_train_step
 log = logging.getLogger(__name__)
 
 
-class NonFiniteLossError(FloatingPointError):
-    """The loss or gradient norm became NaN/Inf; the run stops instead of training on."""
+__all__ = ["NonFiniteLossError", "setup", "stage_workdir", "train_and_evaluate"]
 
 
 class _SigtermFlag:
@@ -123,6 +131,30 @@ def setup(config: ml_collections.ConfigDict, workdir: str | Path | None = None):
     return stage, mesh, rules, tx, schedule, init_params
 
 
+def _restore_step(config: ml_collections.ConfigDict, checkpointer: Checkpointer) -> int | None:
+    """`config.checkpoint.restore_step`, unless an earlier run already resumed from it (its
+    later steps are set aside): then the latest step, so rerunning the same command after a
+    recovery never rolls back twice."""
+    want = config.checkpoint.get("restore_step")
+    latest = checkpointer.latest_step()
+    if want is None:
+        return None
+    if latest is None:
+        raise CheckpointRestoreError(
+            f"checkpoint.restore_step={want}, but {checkpointer.directory} has no checkpoint."
+        )
+    if want < latest and checkpointer.set_aside_dir(want).exists():
+        log.warning(
+            "checkpoint.restore_step=%d was applied by an earlier run (the steps after it are in "
+            "%s); resuming from the latest step %d. Drop the flag to silence this.",
+            want,
+            checkpointer.set_aside_dir(want),
+            latest,
+        )
+        return None
+    return want
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainState:
     """Train `config.stage` for `config.num_steps`, resuming from `workdir` if it has a
     checkpoint. Returns the final train state."""
@@ -132,6 +164,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
     # 1. Mesh, stage, optimizer.
     stage, mesh, rules, tx, schedule, init_params = setup(config, workdir)
+
+    with contextlib.ExitStack() as cleanup:  # closed on every path, faults included
+        return _train(config, workdir, stage, mesh, rules, tx, schedule, init_params, cleanup)
+
+
+def _train(config, workdir, stage, mesh, rules, tx, schedule, init_params, cleanup):
+    """Sections 2-5 of `train_and_evaluate`; `cleanup` closes what they open."""
     key = jax.random.key(config.seed)
     init_key, step_key, eval_key = jax.random.split(key, 3)
 
@@ -142,21 +181,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         max_to_keep=ckpt_cfg.keep,
         async_save=ckpt_cfg.get("async_save", True),
     )
+    cleanup.callback(checkpointer.close)
     abstract, shardings = state_shardings(init_params, tx, mesh, rules)
-    data_state = None
+    data_state, nonfinite_skipped = None, 0
+    restore_step = _restore_step(config, checkpointer)
     if checkpointer.latest_step() is not None:
-        try:
-            state, _, data_state = checkpointer.restore(abstract)
-        except Exception:
-            checkpointer.close()
-            raise
+        state, _, data_state = checkpointer.restore(abstract, restore_step)
+        if restore_step is not None:
+            moved = checkpointer.set_aside_after(restore_step)
+            if moved:
+                log.warning(
+                    "Resuming from step %d as asked (checkpoint.restore_step); later step(s) %s "
+                    "moved to %s.",
+                    restore_step,
+                    ", ".join(map(str, moved)),
+                    checkpointer.set_aside_dir(restore_step),
+                )
+        nonfinite_skipped = int(data_state.get("nonfinite_skipped", 0))
         log.info("Resumed %s from step %d.", config.stage, int(state.step))
     else:
         state, shardings = create_train_state(init_params, tx, mesh, rules, init_key)
     start_step = int(state.step)
     if start_step >= config.num_steps:
         log.info("%s is already trained to step %d.", config.stage, start_step)
-        checkpointer.close()
         return state
     log.info("%s: %.3fM parameters.", config.stage, num_params(state.params) / 1e6)
 
@@ -178,13 +225,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         num_threads=config.data.get("num_threads", 4),
     )
 
-    # 4. One compiled, donated train step.
+    # 4. One compiled, donated train step (skipping non-finite updates if any are allowed).
+    max_bad_steps = config.get("max_bad_steps", 0)
     train_step = make_train_step(
         stage.loss,
         tx,
         schedule,
         ema_decay=config.optim.ema_decay,
         grad_accum_steps=config.get("grad_accum_steps", 1),
+        skip_nonfinite=max_bad_steps > 0,
     )
     frozen = stage.frozen_params()  # read by the loss, never trained nor checkpointed
     if frozen is not None:
@@ -200,6 +249,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     # 5. The loop.
     param_norm = jax.jit(optax.tree.norm)  # logged, not computed every step
     writer = MetricsWriter(workdir)
+    cleanup.callback(writer.close)
+    watchdog = distributed.PeerWatchdog.start_if_multiprocess(config, checkpointer)
+    cleanup.callback(watchdog.stop)
     last_saved = checkpointer.latest_step()
     step = start_step
     progress = tqdm(
@@ -210,24 +262,52 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         disable=jax.process_index() != 0 or not config.get("progress_bar", True),
         dynamic_ncols=True,
     )
+    cleanup.callback(progress.close)
     window_start, window_steps = time.perf_counter(), 0
 
     def save(at_step: int) -> None:
         nonlocal last_saved
-        checkpointer.save(at_step, state, config.to_dict(), loader.state())
+        # The data position, and the non-finite steps skipped so far (their bound spans resumes).
+        position = {**loader.state(), "nonfinite_skipped": nonfinite_skipped}
+        checkpointer.save(at_step, state, config.to_dict(), position)
         last_saved = at_step
 
+    checked = start_step
+
     def check_finite(at_step: int, step_metrics: dict) -> None:
+        """Once per step: a non-finite loss or gradient norm is skipped (the step applied no
+        update) while fewer than `max_bad_steps` were, else the run stops."""
+        nonlocal checked, nonfinite_skipped
+        if at_step <= checked:
+            return
+        checked = at_step
+        watchdog.beat(at_step)
         loss, grad_norm = float(step_metrics["loss"]), float(step_metrics["grad_norm"])
-        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-            checkpointer.wait()
-            raise NonFiniteLossError(
-                f"{config.stage}: loss={loss}, grad_norm={grad_norm} at step {at_step}. "
-                f"Last good checkpoint: "
-                f"{'none' if last_saved is None else f'step {last_saved}'} in "
-                f"{checkpointer.directory}. Lower the learning rate or check the data, then "
-                "rerun to resume from it."
+        if math.isfinite(loss) and math.isfinite(grad_norm):
+            return
+        if nonfinite_skipped < max_bad_steps:
+            nonfinite_skipped += 1
+            log.warning(
+                "%s: loss=%s, grad_norm=%s at step %d; its update is skipped (%d of "
+                "max_bad_steps=%d).",
+                config.stage,
+                loss,
+                grad_norm,
+                at_step,
+                nonfinite_skipped,
+                max_bad_steps,
             )
+            return
+        checkpointer.wait()
+        skipped = f" after skipping {nonfinite_skipped} such steps" if max_bad_steps else ""
+        raise NonFiniteLossError(
+            f"{config.stage}: loss={loss}, grad_norm={grad_norm} at step {at_step}{skipped}. "
+            f"Last good checkpoint: "
+            f"{'none' if last_saved is None else f'step {last_saved}'} in "
+            f"{checkpointer.directory}. Lower the learning rate or check the data, then "
+            "rerun to resume from it (--config.checkpoint.restore_step=N resumes from an "
+            "earlier step; --config.max_bad_steps=K skips up to K such steps)."
+        )
 
     # The host reads a step's loss only after queueing the next step, so the accelerator never
     # waits for Python between steps; a step that is logged, evaluated or saved is checked at once.
@@ -248,6 +328,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                 rate = window_steps / dt
                 scalars = {k: float(v) for k, v in metrics.items()}
                 scalars["param_norm"] = float(param_norm(state.params))
+                if max_bad_steps:
+                    scalars["nonfinite_skipped"] = nonfinite_skipped
                 scalars["steps_per_sec"] = rate
                 scalars["examples_per_sec"] = rate * config.batch_size
                 scalars["tflops_per_sec"] = rate * flops_per_step / 1e12
@@ -279,8 +361,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                 log.warning("Preemption requested: saved step %d and stopping.", step)
                 break
 
-    progress.close()
     checkpointer.wait()
-    checkpointer.close()
-    writer.close()
+    if step < config.num_steps:
+        raise TrainingStopped(
+            f"{config.stage}: stopped at step {step} of {config.num_steps} on a preemption "
+            f"notice (SIGTERM); checkpoint step {step} is saved in {checkpointer.directory}. "
+            "Rerun the same command to resume."
+        )
     return state

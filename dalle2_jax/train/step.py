@@ -39,11 +39,16 @@ def make_train_step(
     *,
     ema_decay: float,
     grad_accum_steps: int = 1,
+    skip_nonfinite: bool = False,
 ) -> Callable:
     """`train_step(state, batch, key, frozen=None) -> (state, metrics)`; `loss_fn(params,
     batch, rng)` (or `loss_fn(params, batch, rng, frozen)` when the step is given parameters
     that are read but not trained, e.g. a frozen CLIP) returns (scalar loss, dict of scalar
-    metrics). The step key is `fold_in(key, step)`."""
+    metrics). The step key is `fold_in(key, step)`.
+
+    With `skip_nonfinite`, a step whose loss or gradient norm is NaN/Inf applies no update:
+    params, EMA and optimizer state stay as they were and only the step advances (so the next
+    step draws its own key and batch, as an uninterrupted run would); the trainer counts it."""
 
     def grads_and_metrics(params, batch, rng, frozen):
         def objective(p, b, r):
@@ -83,15 +88,22 @@ def make_train_step(
         params = optax.apply_updates(state.params, updates)
         d = ema_decay_at(state.step, ema_decay)
         ema = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, state.ema_params, params)
+        grad_norm = optax.tree.norm(grads)
         metrics = {
             "loss": loss,
-            "grad_norm": optax.tree.norm(grads),
+            "grad_norm": grad_norm,
             "learning_rate": schedule(state.step),
             **aux,
         }
         new_state = state.replace(
             step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state
         )
+        if skip_nonfinite:
+            finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+            unchanged = state.replace(step=state.step + 1)
+            new_state = jax.tree.map(
+                lambda new, old: jnp.where(finite, new, old), new_state, unchanged
+            )
         return new_state, metrics
 
     return train_step

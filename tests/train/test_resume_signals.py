@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dalle2_jax.train.faults import EXIT_RESUMABLE
 from dalle2_jax.train.metrics import read_metrics
 from dalle2_jax.train.restore import restore_train_state
 from tests.train.helpers import leaves, run_train, tiny_config
@@ -58,8 +59,8 @@ def test_sigterm_saves_and_exits_cleanly_then_resumes(tmp_path):
     _wait_for_step(tmp_path, 2, proc)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0, out
-    assert "Preemption requested" in out
+    assert proc.returncode == EXIT_RESUMABLE, out
+    assert "Preemption requested" in out and "Rerun the same command to resume" in out
     saved = _checkpoint_steps(tmp_path)
     assert len(saved) == 1 and saved[0] >= 2  # saved at the step boundary after the signal
 

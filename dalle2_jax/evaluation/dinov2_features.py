@@ -27,8 +27,7 @@ import numpy as np
 from jax.sharding import Mesh
 from PIL import Image
 
-from dalle2_jax.evaluation.features import extract_features
-from dalle2_jax.evaluation.inception_features import device_batch_size
+from dalle2_jax.evaluation.features import device_batch_size, extract_features
 from dalle2_jax.evaluation.inception_inputs import clean_resize
 from dalle2_jax.models.dinov2 import IMAGENET_MEAN, IMAGENET_STD, Dinov2Config, Dinov2Model
 from dalle2_jax.train.mesh import make_mesh

@@ -39,6 +39,14 @@ def array_batches(*arrays: np.ndarray | Sequence[Any], batch_size: int) -> Itera
         yield tuple(np.asarray(a[lo : lo + batch_size]) for a in arrays)
 
 
+def device_batch_size(batch_size: int, mesh: Mesh) -> int:
+    """`batch_size` rounded up to a multiple of this process's data-parallel devices."""
+    if batch_size < 1:
+        raise ValueError(f"The batch size must be positive, got {batch_size}.")
+    devices = data_parallel_size(mesh) // jax.process_count()
+    return -(-batch_size // devices) * devices
+
+
 def extract_features(
     fn: Callable[..., Any],
     params: Any,

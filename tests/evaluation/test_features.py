@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dalle2_jax.evaluation.features import array_batches, extract_features
+from dalle2_jax.evaluation.features import array_batches, device_batch_size, extract_features
 from dalle2_jax.train.mesh import make_mesh
 
 
@@ -58,3 +58,10 @@ def test_bad_batch_size_and_empty_input(data):
         extract_features(features, params, [], batch_size=16, progress=False)
     with pytest.raises(ValueError, match="differ in rows"):
         extract_features(features, params, [(images[:8], scale[:4])], batch_size=8, progress=False)
+
+
+def test_device_batch_size_rounds_up_to_the_devices():
+    mesh = make_mesh({"data": -1})
+    assert [device_batch_size(n, mesh) for n in (1, 8, 9, 64)] == [8, 8, 16, 64]
+    with pytest.raises(ValueError, match="must be positive"):
+        device_batch_size(0, mesh)

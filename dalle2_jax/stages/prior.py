@@ -133,6 +133,39 @@ def select_best(candidates: jax.Array, text_embed: jax.Array) -> jax.Array:
     return jnp.take_along_axis(candidates, best[None, :, None], axis=0)[0]
 
 
+def sample_unclip_prior(
+    config: PriorConfig,
+    params: Any,
+    cond: tuple[jax.Array, jax.Array, jax.Array],
+    null_cond: tuple[jax.Array, jax.Array, jax.Array],
+    x_T: jax.Array,
+    key: jax.Array | None = None,
+    *,
+    scheduler: diffusion.UnCLIPSchedulerConfig,
+    num_steps: int,
+    guidance_scale: float,
+    normalizer: EmbeddingNormalizer,
+    noise: jax.Array | None = None,
+) -> jax.Array:
+    """Image embeddings [B, D] as diffusers' unCLIP pipeline samples them with Karlo's prior
+    (`learned_null=False`): classifier-free guidance against `null_cond`, the CLIP encoding
+    of the empty caption (text_embed [1 or B, D], tokens [1 or B, L, W], mask [1 or B, L]),
+    `scheduler`'s steps from x_T [B, D], then `normalizer.denormalize` (diffusers'
+    `post_process_latents`). `cond` is (text_embed, tokens, mask) of the captions. Jittable;
+    `key` or `noise` as `diffusion.unclip_sample_loop`. Scale 1 skips the unconditional half
+    (diffusers still runs it when the decoder guides; the result differs by rounding)."""
+    model = DiffusionPrior(config)
+    apply = lambda x, t, c: model.apply({"params": params}, x, t, *c)
+    if guidance_scale == 1.0:
+        model_fn = lambda x, t: apply(x, t, cond)
+    else:
+        model_fn = diffusion.classifier_free_guidance(apply, cond, null_cond, guidance_scale)
+    z = diffusion.unclip_sample_loop(
+        scheduler, model_fn, x_T, key, num_steps=num_steps, noise=noise
+    )
+    return normalizer.denormalize(z)
+
+
 @register("prior")
 class PriorStage(Stage):
     sample_defaults = {"num_steps": 64, "sampler": "ddim", "guidance_scale": 1.0, "best_of": 2}

@@ -19,7 +19,8 @@ import pytest
 import torch
 
 diffusers = pytest.importorskip("diffusers")
-from diffusers import PriorTransformer  # noqa: E402
+from diffusers import PriorTransformer, UnCLIPScheduler  # noqa: E402
+from diffusers.schedulers import scheduling_unclip  # noqa: E402
 
 from dalle2_jax.convert.diffusers_prior import (  # noqa: E402
     load_diffusers_prior,
@@ -28,7 +29,9 @@ from dalle2_jax.convert.diffusers_prior import (  # noqa: E402
     save_diffusers_prior,
 )
 from dalle2_jax.convert.keys import WeightsMismatchError  # noqa: E402
+from dalle2_jax.diffusion.unclip_scheduler import UnCLIPSchedulerConfig  # noqa: E402
 from dalle2_jax.models.prior import DiffusionPrior  # noqa: E402
+from dalle2_jax.stages.prior import sample_unclip_prior  # noqa: E402
 
 TOL = 1e-4
 # diffusers' own unCLIP pipeline test prior (tests/pipelines/unclip/test_unclip.py, removed
@@ -41,6 +44,12 @@ SECOND = dict(
     num_layers=3,
     num_embeddings=9,
     time_embed_dim=48,
+)
+
+
+# Karlo's prior scheduler (scripts/convert_kakao_brain_unclip_to_diffusers.py in diffusers).
+KARLO_PRIOR_SCHEDULER = dict(
+    variance_type="fixed_small_log", prediction_type="sample", clip_sample_range=5.0
 )
 
 
@@ -86,16 +95,26 @@ def ours(config, params, x, t, text_embed, tokens, mask):
     return np.asarray(apply({"params": params}, x, t.astype(np.int32), text_embed, tokens, mask))
 
 
+_CONVERTED: dict = {}
+
+
+def convert(name: str, tmp_path_factory):
+    """(torch model, its folder, load_diffusers_prior(folder)), built once per module."""
+    if name not in _CONVERTED:
+        kwargs, seed, bin_format = {
+            "pipeline_test": (PIPELINE_TEST, 0, False),
+            "second": (SECOND, 1, True),
+        }[name]
+        model = perturbed_prior(kwargs, seed)
+        path = tmp_path_factory.mktemp(name) / "prior"
+        model.save_pretrained(path, safe_serialization=not bin_format)
+        _CONVERTED[name] = model, path, load_diffusers_prior(path)
+    return _CONVERTED[name]
+
+
 @pytest.fixture(scope="module", params=["pipeline_test", "second"])
 def converted(request, tmp_path_factory):
-    kwargs, seed, bin_format = {
-        "pipeline_test": (PIPELINE_TEST, 0, False),
-        "second": (SECOND, 1, True),
-    }[request.param]
-    model = perturbed_prior(kwargs, seed)
-    path = tmp_path_factory.mktemp(request.param) / "prior"
-    model.save_pretrained(path, safe_serialization=not bin_format)
-    return model, path, load_diffusers_prior(path)
+    return convert(request.param, tmp_path_factory)
 
 
 @pytest.mark.parametrize("masked", [True, False], ids=["mask", "no_mask"])
@@ -123,8 +142,8 @@ def test_causal_mask_matters(converted):
     assert np.max(np.abs(a - b)) > 100 * TOL
 
 
-def test_scanned_layers_load_the_same(converted):
-    model, path, (config, params, _) = converted
+def test_scanned_layers_load_the_same(tmp_path_factory):
+    model, path, (config, params, _) = convert("second", tmp_path_factory)
     scanned, scanned_params, _ = load_diffusers_prior(path, scan_layers=True)
     assert scanned == dataclasses.replace(config, scan_layers=True)
     assert scanned_params["transformer"]["layers"]["mlp"]["fc1"]["kernel"].shape[0] == (
@@ -153,6 +172,60 @@ def test_export_round_trip(converted, tmp_path):
         assert public(reloaded.config) == public(model.config)
         saved = json.loads((tmp_path / name / "config.json").read_text())
         assert prior_config_from_diffusers(saved) == config
+
+
+def test_guided_sampling_matches_the_diffusers_pipeline(tmp_path_factory, monkeypatch):
+    """The prior part of diffusers' UnCLIPPipeline (25 steps, guidance 4 against the empty
+    caption's encoding, Karlo's prior scheduler, post_process_latents) from the same initial
+    latents and per-step noise, against `sample_unclip_prior`."""
+    model, _, (config, params, normalizer) = convert("pipeline_test", tmp_path_factory)
+    x_T, _, text_embed, tokens, mask = inputs(model)
+    rng = np.random.default_rng(2)
+    B, L, D = tokens.shape
+    empty = (
+        rng.standard_normal((1, D)).astype(np.float32),
+        rng.standard_normal((1, L, D)).astype(np.float32),
+        np.arange(L)[None] < 2,  # <bos> <eos>
+    )
+    steps, scale = 25, 4.0
+    noise = rng.standard_normal((steps, B, D)).astype(np.float32)
+
+    scheduler = UnCLIPScheduler(num_train_timesteps=1000, **KARLO_PRIOR_SCHEDULER)
+    scheduler.set_timesteps(steps)
+    draws = iter(torch.from_numpy(n) for n in noise)
+    monkeypatch.setattr(scheduling_unclip, "randn_tensor", lambda shape, **_: next(draws))
+    both = lambda u, c: torch.cat([torch.from_numpy(u).expand(c.shape), torch.from_numpy(c)])
+    embeds, hidden, masks = both(empty[0], text_embed), both(empty[1], tokens), both(empty[2], mask)
+    latents, largest = torch.from_numpy(x_T), 0.0
+    with torch.no_grad():
+        for i, t in enumerate(scheduler.timesteps):
+            out = model(torch.cat([latents] * 2), t, embeds, hidden, masks)
+            uncond, cond = out.predicted_image_embedding.chunk(2)
+            guided = uncond + scale * (cond - uncond)
+            largest = max(largest, float(guided.abs().max()))
+            prev = None if i + 1 == steps else scheduler.timesteps[i + 1]
+            latents = scheduler.step(guided, t, latents, prev_timestep=prev).prev_sample
+        expected = model.post_process_latents(latents).numpy()
+
+    sample = jax.jit(
+        lambda cond, null, x, z: sample_unclip_prior(
+            config,
+            params,
+            cond,
+            null,
+            x,
+            scheduler=UnCLIPSchedulerConfig(**KARLO_PRIOR_SCHEDULER),
+            num_steps=steps,
+            guidance_scale=scale,
+            normalizer=normalizer,
+            noise=z,
+        )
+    )
+    got = np.asarray(sample((text_embed, tokens, mask), empty, x_T, noise))
+    err = np.max(np.abs(got - expected))
+    print(f"guided prior, {steps} steps: max abs err {err:.2e}, largest x0 {largest:.1f}")
+    assert largest > KARLO_PRIOR_SCHEDULER["clip_sample_range"]  # the clip is exercised
+    assert err <= TOL
 
 
 def test_bad_keys_name_the_first_mismatch(tmp_path):

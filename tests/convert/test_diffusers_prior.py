@@ -23,6 +23,7 @@ from diffusers import PriorTransformer, UnCLIPScheduler  # noqa: E402
 from diffusers.schedulers import scheduling_unclip  # noqa: E402
 
 from dalle2_jax.convert.diffusers_prior import (  # noqa: E402
+    expected_shapes,
     load_diffusers_prior,
     prior_config_from_diffusers,
     prior_config_to_diffusers,
@@ -30,7 +31,7 @@ from dalle2_jax.convert.diffusers_prior import (  # noqa: E402
 )
 from dalle2_jax.convert.keys import WeightsMismatchError  # noqa: E402
 from dalle2_jax.diffusion.unclip_scheduler import UnCLIPSchedulerConfig  # noqa: E402
-from dalle2_jax.models.prior import DiffusionPrior  # noqa: E402
+from dalle2_jax.models.prior import DiffusionPrior, param_count_abstract  # noqa: E402
 from dalle2_jax.stages.prior import sample_unclip_prior  # noqa: E402
 
 TOL = 1e-4
@@ -226,6 +227,21 @@ def test_guided_sampling_matches_the_diffusers_pipeline(tmp_path_factory, monkey
     print(f"guided prior, {steps} steps: max abs err {err:.2e}, largest x0 {largest:.1f}")
     assert largest > KARLO_PRIOR_SCHEDULER["clip_sample_range"]  # the clip is exercised
     assert err <= TOL
+
+
+def test_karlo_size_maps_key_for_key():
+    """At Karlo's real size (PriorTransformer's defaults, as its prior/config.json), built on
+    torch's meta device (no memory): every key and shape of diffusers' state dict is one our
+    converter expects, and the parameter counts agree (ours lacks clip_mean / clip_std)."""
+    with torch.device("meta"):
+        karlo = PriorTransformer()
+    config = prior_config_from_diffusers({}, scan_layers=True)
+    assert (config.width, config.depth, config.heads, config.text_len) == (2048, 20, 32, 77)
+    got = {k: tuple(v.shape) for k, v in karlo.state_dict().items()}
+    assert expected_shapes(config) == got
+    total = sum(p.numel() for p in karlo.parameters())
+    print(f"Karlo prior: diffusers {total:,} parameters")
+    assert param_count_abstract(config) == total - 2 * 768
 
 
 def test_bad_keys_name_the_first_mismatch(tmp_path):

@@ -27,6 +27,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from dalle2_jax.train.faults import CheckpointRestoreError, CheckpointSaveError
+from dalle2_jax.train.fingerprint import fingerprint, leaf_path, mismatches
 
 __all__ = ["CheckpointRestoreError", "CheckpointSaveError", "Checkpointer", "leaf_shapes"]
 
@@ -59,6 +60,7 @@ class Checkpointer:
             "state": ocp.StandardCheckpointHandler(),
             "config": ocp.JsonCheckpointHandler(),
             "data": ocp.JsonCheckpointHandler(),
+            "fingerprint": ocp.JsonCheckpointHandler(),
         }  # known up front, so a fresh manager can read a checkpoint's metadata
         self.manager = ocp.CheckpointManager(
             self.directory, options=options, item_handlers=handlers
@@ -84,6 +86,7 @@ class Checkpointer:
                     state=ocp.args.StandardSave(state),
                     config=ocp.args.JsonSave(json.loads(json.dumps(config, default=str))),
                     data=ocp.args.JsonSave(data_state),
+                    fingerprint=ocp.args.JsonSave(fingerprint(state)),
                 ),
                 force=True,
             )
@@ -101,7 +104,7 @@ class Checkpointer:
     def _save_failed(self, error: BaseException) -> str:
         step, nbytes = self._pending or (None, 0)
         self._pending = None
-        saved = [s for s in self.all_steps() if s != step]
+        saved = [s for s in sorted(self.manager.all_steps(read=True)) if s != step]  # on disk
         last = f"step {saved[-1]}, which is untouched" if saved else "none yet"
         return (
             f"Could not write checkpoint step {step} to {self.directory}: {_os_reason(error)}. "
@@ -135,14 +138,22 @@ class Checkpointer:
         return restored.state, restored.config, restored.data
 
     def _restore(self, step: int, abstract_state: Any):
-        return self.manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state),
-                config=ocp.args.JsonRestore(),
-                data=ocp.args.JsonRestore(),
-            ),
-        )
+        """Restore `step`; raise ArrayDataError if its arrays differ from the fingerprint
+        saved with them (checkpoints written before fingerprints existed are not checked)."""
+        items = {
+            "state": ocp.args.StandardRestore(abstract_state),
+            "config": ocp.args.JsonRestore(),
+            "data": ocp.args.JsonRestore(),
+        }
+        fingerprinted = (self.directory / str(step) / "fingerprint").exists()
+        if fingerprinted:
+            items["fingerprint"] = ocp.args.JsonRestore()
+        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+        if fingerprinted:
+            differ = mismatches(restored.state, restored.fingerprint)
+            if differ:
+                raise ArrayDataError(differ)
+        return restored
 
     def _unreadable(
         self, step: int, error: BaseException, earlier: list[int], abstract_state: Any
@@ -229,21 +240,30 @@ class Checkpointer:
             self.manager.close()
         except Exception:
             log.debug("Closing the checkpoint manager after a failed save.", exc_info=True)
+            # orbax's close stops at the failed save; close what it would have closed after.
+            for part in _MANAGER_PARTS:
+                try:
+                    getattr(self.manager, part).close()
+                except Exception:
+                    log.debug("Closing %s.", part, exc_info=True)
+
+
+# What `CheckpointManager.close` closes after waiting for the save in flight (orbax 0.12).
+_MANAGER_PARTS = (
+    "_checkpointer",
+    "_non_blocking_metadata_store",
+    "_blocking_metadata_store",
+    "_checkpoint_deleter",
+)
 
 
 def leaf_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
     """{"params/unet/out_conv/kernel": shape} of a tree of arrays, shape structs or orbax
     array metadata; paths join attribute names, dict keys and sequence indices with "/"."""
 
-    def name(key: Any) -> str:
-        for attr in ("name", "key", "idx"):
-            if hasattr(key, attr):
-                return str(getattr(key, attr))
-        return str(key)
-
     flat, _ = jax.tree_util.tree_flatten_with_path(tree)
     return {
-        "/".join(name(k) for k in path): tuple(leaf.shape)
+        leaf_path(path): tuple(leaf.shape)
         for path, leaf in flat
         if getattr(leaf, "shape", None) is not None
     }
@@ -298,13 +318,28 @@ def _os_reason(error: BaseException) -> str:
     return _first_line(error)
 
 
+class ArrayDataError(ValueError):
+    """Restored arrays differ from the fingerprint saved with them."""
+
+    def __init__(self, paths: list[str]):
+        more = f" and {len(paths) - 1} more" if len(paths) > 1 else ""
+        super().__init__(
+            f"its array data is damaged: {paths[0]}{more} differ from the fingerprint saved "
+            "with them"
+        )
+
+
 def _restore_reason(error: BaseException) -> str:
     """What is wrong with an unreadable step, in words, with the file named where known."""
+    if isinstance(error, ArrayDataError):
+        return str(error)
     text = str(error)
     files = re.findall(r'local file "([^"]+)"', text)
     where = f" ({files[-1]})" if files else ""
     if "DATA_LOSS" in text or "checksum" in text.lower() or "Error decoding" in text:
-        return f"its files are damaged: their bytes do not match their checksums{where}"
+        detail = re.findall(r"Error decoding ([^\[;]*)", text)
+        what = f": {_clip(detail[0].strip(), 120)}" if detail else ""
+        return f"its files are damaged{where}{what}"
     if "NOT_FOUND" in text or isinstance(error, FileNotFoundError):
         return f"files of it are missing{where}"
     if isinstance(error, json.JSONDecodeError) or "JSONDecodeError" in text:
@@ -312,7 +347,10 @@ def _restore_reason(error: BaseException) -> str:
     return _first_line(error)
 
 
+def _clip(text: str, limit: int) -> str:
+    line = (text.strip().splitlines() or [""])[0]
+    return line if len(line) <= limit else line[:limit] + " ..."
+
+
 def _first_line(error: BaseException, limit: int = 300) -> str:
-    line = (str(error).strip().splitlines() or [""])[0]
-    line = line if len(line) <= limit else line[:limit] + " ..."
-    return f"{type(error).__name__}: {line}"
+    return f"{type(error).__name__}: {_clip(str(error), limit)}"

@@ -8,7 +8,8 @@ Matches, in float32 from the same inputs, each to 1e-4 max abs:
 * super-res: `UNet2DModel` (resnet up/down blocks, 6 input channels) on the pipeline's
   `F.interpolate(bicubic, antialias=True)` upscaled image, against our upsampler mode, with
   super_res_first before the last step and super_res_last at t = 0;
-* the 64 -> 256 resize against torch.
+* the 64 -> 256 resize against torch;
+* at Karlo's real sizes, our expected tensors against diffusers' (shapes only, meta device).
 
 Configurations: the tiny ones of diffusers' (since removed) tests/pipelines/unclip/
 test_unclip.py (decoder and text_proj seed 0; super_res_first seed 0; super_res_last seed 1,
@@ -114,7 +115,7 @@ SUPER_RES = {
         2,
         dict(
             sample_size=32,
-            layers_per_block=2,
+            layers_per_block=1,
             down_block_types=("ResnetDownsampleBlock2D",) * 3,
             up_block_types=("ResnetUpsampleBlock2D",) * 3,
             block_out_channels=(16, 32, 48),
@@ -413,3 +414,57 @@ def test_unsupported_configs_are_refused_by_name(decoder, tmp_path):
     no_norm = {**SUPER_RES["three_levels"][1], "attn_norm_num_groups": None}
     with pytest.raises(ValueError, match="middle attention's GroupNorm has None groups"):
         du.super_res_config_from_diffusers(no_norm)
+
+
+# Karlo v1.0 alpha's sizes as kakaobrain's conversion script builds them (the released
+# config.json files are not read here: no network). Only shapes are compared, on torch's meta
+# device: no memory, no weights.
+KARLO_DECODER = dict(
+    sample_size=64,
+    in_channels=3,
+    out_channels=6,
+    down_block_types=("ResnetDownsampleBlock2D",) + ("SimpleCrossAttnDownBlock2D",) * 3,
+    up_block_types=("SimpleCrossAttnUpBlock2D",) * 3 + ("ResnetUpsampleBlock2D",),
+    mid_block_type="UNetMidBlock2DSimpleCrossAttn",
+    block_out_channels=(320, 640, 960, 1280),
+    layers_per_block=3,
+    cross_attention_dim=1536,
+    attention_head_dim=64,
+    resnet_time_scale_shift="scale_shift",
+    class_embed_type="identity",
+)
+KARLO_TEXT_PROJ = dict(clip_embeddings_dim=768, time_embed_dim=1280, cross_attention_dim=1536)
+KARLO_SUPER_RES = dict(
+    sample_size=256,
+    in_channels=6,
+    out_channels=3,
+    down_block_types=("ResnetDownsampleBlock2D",) * 4,
+    up_block_types=("ResnetUpsampleBlock2D",) * 4,
+    block_out_channels=(320, 640, 960, 1280),
+    layers_per_block=3,
+    add_attention=False,
+)
+
+
+def meta_shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def test_karlo_sizes_map_key_for_key():
+    """Our U-Nets at Karlo's sizes expect exactly diffusers' tensors, key for key."""
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**KARLO_DECODER)
+        proj = UnCLIPTextProjModel(**KARLO_TEXT_PROJ)
+        super_res = UNet2DModel(**KARLO_SUPER_RES)
+    config = du.decoder_config_from_diffusers(dict(unet.config), dict(proj.config))
+    expected_unet, expected_proj = jax.eval_shape(
+        lambda p: du.decoder_params_to_state_dicts(p, config), du.abstract_decoder_params(config)
+    )
+    assert {k: v.shape for k, v in expected_unet.items()} == meta_shapes(unet)
+    assert {k: v.shape for k, v in expected_proj.items()} == meta_shapes(proj)
+
+    config = du.super_res_config_from_diffusers(dict(super_res.config))
+    expected = jax.eval_shape(
+        lambda p: du.super_res_params_to_state_dict(p, config), du.abstract_unet_params(config)
+    )
+    assert {k: v.shape for k, v in expected.items()} == meta_shapes(super_res)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import json
+import logging
 import os
 import posixpath
 import tarfile
@@ -31,6 +32,8 @@ IMAGE_EXTENSIONS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp")
 _GZIP_MAGIC = b"\x1f\x8b"
 # Columns of the index: shard, then (offset, size) of image, caption and json (-1 if absent).
 _COLUMNS = 7
+
+log = logging.getLogger(__name__)
 
 
 def _index_shard(
@@ -111,10 +114,12 @@ class WebDatasetSource(ImageTextSource):
     def _init_runtime_state(self) -> None:
         super()._init_runtime_state()
         self._fds: dict[int, int] = {}
+        self._unreadable: set[int] = set()  # shards whose failure to open was logged
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
         state.pop("_fds")
+        state.pop("_unreadable")
         return state
 
     def close(self) -> None:
@@ -138,7 +143,18 @@ class WebDatasetSource(ImageTextSource):
             with self._lock:
                 fd = self._fds.get(shard)
                 if fd is None:
-                    fd = self._fds[shard] = os.open(self.paths[shard], os.O_RDONLY)
+                    try:
+                        fd = self._fds[shard] = os.open(self.paths[shard], os.O_RDONLY)
+                    except OSError as error:  # gone or unreadable since the index was built
+                        if shard not in self._unreadable:
+                            self._unreadable.add(shard)
+                            log.warning(
+                                "Shard %s cannot be read (%s); its samples are skipped and "
+                                "counted as skipped_unreadable.",
+                                self.paths[shard],
+                                error.strerror or error,
+                            )
+                        raise
         data = os.pread(fd, size, offset)
         if len(data) != size:
             raise SkipSample("corrupt")  # The shard ends inside this member.

@@ -5,20 +5,29 @@ past the last checkpoint is lost: resumed runs equal the uninterrupted one bitwi
 
 from __future__ import annotations
 
+import io
 import resource
 import shutil
 import signal
+import tarfile
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
+from jax.experimental.compilation_cache import compilation_cache
+from PIL import Image
 
+from dalle2_jax.data.loader import BatchLoader
+from dalle2_jax.data.webdataset import WebDatasetSource
 from dalle2_jax.train.faults import (
     EXIT_NEEDS_USER,
     CheckpointSaveError,
+    NonFiniteLossError,
 )
 from dalle2_jax.train.loop import train_and_evaluate
+from dalle2_jax.train.metrics import read_metrics
 from dalle2_jax.train.restore import restore_train_state
 from tests.train.helpers import leaves, run_train, tiny_config
 
@@ -39,6 +48,27 @@ def steps(workdir: Path) -> list[int]:
 def assert_same(a, b) -> None:
     for x, y in zip(leaves(a), leaves(b), strict=True):
         np.testing.assert_array_equal(x, y)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def persistent_compilation_cache(tmp_path_factory):
+    """The runs here compile the same few programs: a persistent compilation cache, shared
+    with the train.py subprocesses (`CACHE_ENV`), saves most of their compile time."""
+    path = str(tmp_path_factory.mktemp("jax_cache"))
+    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
+    saved = {name: getattr(jax.config, name) for name in names}
+    jax.config.update(names[0], path)
+    jax.config.update(names[1], 0)
+    compilation_cache.reset_cache()
+    CACHE_ENV.update(JAX_COMPILATION_CACHE_DIR=path, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    yield
+    CACHE_ENV.clear()
+    for name, value in saved.items():
+        jax.config.update(name, value)
+    compilation_cache.reset_cache()
+
+
+CACHE_ENV: dict[str, str] = {}
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +98,7 @@ def test_corrupt_latest_checkpoint_names_intact_steps_and_resumes_from_one(tmp_p
     assert flip_bytes(run / "toy" / "checkpoints" / "6").stat().st_size > 2**20
     metrics = (run / "toy" / "metrics.jsonl").read_text()
 
-    code, out = run_train(run, {**FAST, "num_steps": 8}, devices=1)
+    code, out = run_train(run, {**FAST, "num_steps": 8}, devices=1, extra_env=CACHE_ENV)
     assert code == EXIT_NEEDS_USER, out
     lines = out.strip().splitlines()
     assert len(lines) <= 3 and "Traceback" not in out, out  # was 78 lines of orbax traceback
@@ -91,7 +121,9 @@ def test_corrupt_latest_checkpoint_names_intact_steps_and_resumes_from_one(tmp_p
 def test_sigkill_during_async_save_resumes_from_the_previous_step_bitwise(tmp_path, straight):
     """Kill -9 the moment orbax starts writing step 4 (its temporary directory appears)."""
     ckpts = tmp_path / "toy" / "checkpoints"
-    proc = run_train(tmp_path, {**FAST, "num_steps": 10**6}, devices=1, wait=False)
+    proc = run_train(
+        tmp_path, {**FAST, "num_steps": 10**6}, devices=1, extra_env=CACHE_ENV, wait=False
+    )
     deadline = time.time() + 300
     while True:
         assert proc.poll() is None and time.time() < deadline, proc.stdout.read()
@@ -138,3 +170,71 @@ def test_file_size_limit_during_save_names_path_and_space_and_keeps_the_last_ste
     assert_same(
         restore_train_state(config(), tmp_path), restore_train_state(config(), straight, step=2)
     )
+
+
+def test_nan_steps_are_skipped_up_to_max_bad_steps_across_resumes_then_stop(tmp_path):
+    """Unshuffled, 48 examples of which 32.. are NaN, batch 16: steps 3 and 6 are all NaN."""
+    nan = {
+        "mesh.num_devices": 1,
+        "data.shuffle": False,
+        "data.num_examples": 48,
+        "data.poison_from": 32,
+        "checkpoint.every_steps": 1,
+        "max_bad_steps": 1,
+    }
+    state = train_and_evaluate(tiny_config(**nan, num_steps=3), tmp_path / "run")
+    before = restore_train_state(tiny_config(**nan), tmp_path / "run", step=2)
+    assert int(state.step) == 3  # the step advanced; its update was not applied:
+    assert_same(
+        (state.params, state.ema_params, state.opt_state),
+        (before.params, before.ema_params, before.opt_state),
+    )
+    row = read_metrics(tmp_path / "run" / "toy")[-1]
+    assert row["step"] == 3 and row["loss"] == "nan" and row["nonfinite_skipped"] == 1
+
+    # Resumed, step 6 is the second bad step: over the bound, which counts across resumes.
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"at step 6 after skipping 1 such steps\. Last good checkpoint: step 5",
+    ):
+        train_and_evaluate(tiny_config(**nan, num_steps=8), tmp_path / "run")
+    # ...and the resumed run, skip included, equals an uninterrupted one.
+    straight = train_and_evaluate(tiny_config(**nan, num_steps=5), tmp_path / "straight")
+    assert_same(restore_train_state(tiny_config(**nan), tmp_path / "run", step=5), straight)
+
+
+def _write_shard(path: Path, start: int, count: int) -> None:
+    with tarfile.open(path, "w") as tar:
+        for i in range(start, start + count):
+            image = io.BytesIO()
+            Image.new("RGB", (8, 8), (i * 10, 0, 0)).save(image, "PNG")
+            for name, data in ((f"{i:04d}.png", image.getvalue()), (f"{i:04d}.txt", b"red")):
+                member = tarfile.TarInfo(name)
+                member.size = len(data)
+                tar.addfile(member, io.BytesIO(data))
+
+
+def test_shard_removed_or_cut_mid_run_is_skipped_and_counted_and_all_gone_stops(tmp_path, caplog):
+    """Three shards of 4 images (red = 10 * index); after the source opened them, shard 1 is
+    removed and shard 2 cut inside its second image. Batches stay full, from readable images."""
+    for s in range(3):
+        _write_shard(tmp_path / f"shard-{s}.tar", 4 * s, 4)
+    source = WebDatasetSource(str(tmp_path / "shard-{0..2}.tar"), image_size=8)
+    (tmp_path / "shard-1.tar").unlink()
+    with open(tmp_path / "shard-2.tar", "r+b") as f:
+        f.truncate(512 * 7)  # headers and data of 0008.png/.txt, then the header of 0009.png
+    loader = BatchLoader(source, global_batch_size=4, seed=0, shuffle=False, num_threads=1)
+    reds = [
+        int(round((x + 1) * 127.5))
+        for b in (next(loader) for _ in range(3))
+        for x in b["image"][:, 0, 0, 0]
+    ]
+    assert reds == [0, 10, 20, 30, 80, 80, 80, 80, 80, 0, 0, 0]  # 4-7 gone, 9-11 cut: substituted
+    assert source.stats()["skipped_unreadable"] == 4 and source.stats()["skipped_corrupt"] == 3
+    assert str(tmp_path / "shard-1.tar") in caplog.text
+
+    gone = WebDatasetSource(str(tmp_path / "shard-0.tar"), image_size=8)
+    (tmp_path / "shard-0.tar").unlink()
+    loader = BatchLoader(gone, global_batch_size=4, seed=0, shuffle=False, num_threads=1)
+    with pytest.raises(ValueError, match=r"No readable image-caption pair in webdataset shards"):
+        next(loader)

@@ -176,7 +176,7 @@ def decoder(request, tmp_path_factory) -> SimpleNamespace:
         return {
             "text_embed": rng.standard_normal((batch, width), np.float32),
             "text_tokens": rng.standard_normal((batch, TEXT_LEN, width), np.float32),
-            "text_mask": np.broadcast_to(mask, (batch, TEXT_LEN)),
+            "text_mask": np.array(np.broadcast_to(mask, (batch, TEXT_LEN))),
         }
 
     # One compiled program per configuration, with the params as an argument (as the pipeline
@@ -225,11 +225,10 @@ def test_decoder_matches_diffusers(decoder):
     assert max_abs(ours, theirs) <= TOL
 
 
+@pytest.mark.parametrize("decoder", ["diffusers_test"], indirect=True)
 def test_guided_decoder_step_matches_the_pipeline(decoder):
     """Unconditional half: learned guidance embedding + the empty prompt; scale 8."""
     d = decoder
-    if d.name != "diffusers_test":
-        pytest.skip("one configuration suffices for the guidance wiring")
     x, image_embed = d.x[:BATCH], d.image_embed[:BATCH]
     caption = {k: v[:BATCH] for k, v in d.caption.items()}
     both = {k: np.concatenate([np.repeat(d.empty[k], BATCH, 0), caption[k]]) for k in caption}
@@ -369,10 +368,9 @@ def test_super_res_export_and_bin_weights_round_trip(tmp_path):
     jax.tree.map(np.testing.assert_array_equal, params_bin, params)
 
 
+@pytest.mark.parametrize("decoder", ["diffusers_test"], indirect=True)
 def test_bad_keys_are_named_with_both_shapes(decoder):
     d = decoder
-    if d.name != "diffusers_test":
-        pytest.skip("one configuration suffices")
     unet_state = {k: v.numpy() for k, v in d.unet.state_dict().items()}
     proj_state = {k: v.numpy() for k, v in d.proj.state_dict().items()}
 
@@ -398,7 +396,8 @@ def test_bad_keys_are_named_with_both_shapes(decoder):
     assert f"{key}: checkpoint ({width + 1},) vs model ({width},)" in message
 
 
-def test_unsupported_configs_are_refused_by_name(decoder, tmp_path):
+@pytest.mark.parametrize("decoder", ["diffusers_test"], indirect=True)
+def test_unsupported_configs_are_refused_by_name(decoder):
     d = decoder
     unet_json = json.loads((d.root / "decoder" / "config.json").read_text())
     proj_json = json.loads((d.root / "text_proj" / "config.json").read_text())

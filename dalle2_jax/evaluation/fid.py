@@ -45,10 +45,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "paths",
-        nargs=2,
+        nargs="*",
         metavar="PATH",
-        help="folders of images, image source specs or statistics .npz files; with "
-        "--save-stats: the image set and the .npz to write",
+        help="the two sets: folders of images, image source specs or statistics .npz files",
     )
     p.add_argument(
         "--inception-weights",
@@ -65,15 +64,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--save-stats",
-        action="store_true",
-        help="write the statistics of the first PATH to the second (.npz) and exit",
+        nargs=2,
+        metavar=("PATH", "OUT.npz"),
+        help="write the statistics of the image set PATH to OUT.npz instead (pytorch-fid's form)",
     )
     p.add_argument("--kid-subsets", type=int, default=100, help="KID subsets")
     p.add_argument(
         "--kid-subset-size", type=int, default=1000, help="KID subset size (at most the set size)"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.save_stats and args.paths:
+        p.error("--save-stats PATH OUT.npz takes no other PATHs.")
+    if not args.save_stats and len(args.paths) != 2:
+        p.error(f"expected two PATHs to compare, got {len(args.paths)}.")
+    return args
 
 
 def _is_statistics(path: str) -> bool:
@@ -105,7 +110,7 @@ def main(argv: list[str] | None = None, mesh: Mesh | None = None) -> dict[str, f
     args = parse_args(argv)
     from dalle2_jax.convert.fid_inception import load_fid_inception
 
-    first, second = args.paths
+    first, second = args.save_stats or args.paths
     if args.save_stats and (_is_statistics(first) or not _is_statistics(second)):
         raise ValueError(
             "--save-stats takes an image set and the .npz file to write: "

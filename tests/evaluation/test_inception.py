@@ -17,8 +17,9 @@ from dalle2_jax.convert.fid_inception import (
     variables_to_state_dict,
 )
 from dalle2_jax.convert.keys import WeightsMismatchError
+from dalle2_jax.evaluation.inception_features import inception_features
 from dalle2_jax.evaluation.inception_inputs import clean_resize, inception_input, legacy_resize
-from dalle2_jax.models.inception import FIDInceptionV3
+from dalle2_jax.train.mesh import make_mesh
 from tests.evaluation.inception_weights import random_state_dict, random_weights_file
 from tests.evaluation.references import package_dir, torch_fidelity_module
 
@@ -50,8 +51,9 @@ def test_pool3_matches_torch_fidelity_inception(weights):
             (expected,) = reference(torch.from_numpy(x).permute(0, 3, 1, 2))
     finally:
         torch.set_num_threads(threads)
-    inputs = np.stack([inception_input(im, "clean") for im in x])  # same size: no resize
-    ours = jax.jit(FIDInceptionV3().apply)(load_fid_inception(weights), inputs)
+    # Ours through the command's path (clean mode: 299 px stays as it is, then (x - 128) / 128).
+    one = make_mesh({"data": -1}, devices=jax.devices()[:1])
+    ours = inception_features(x, load_fid_inception(weights), batch_size=2, mesh=one)
     assert ours.shape == (2, 2048)
     assert float(expected.std()) > 0.1  # the random weights keep the features informative
     np.testing.assert_allclose(np.asarray(ours), expected.numpy(), atol=1e-4, rtol=0)

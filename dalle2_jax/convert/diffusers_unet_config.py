@@ -36,6 +36,7 @@ _DECODER_FIXED = {
     "encoder_hid_dim": None,
     "encoder_hid_dim_type": None,
     "only_cross_attention": False,
+    "mid_block_only_cross_attention": False,  # None (the default) follows only_cross_attention
     "cross_attention_norm": None,
     "resnet_skip_time_act": False,
     "resnet_out_scale_factor": 1.0,

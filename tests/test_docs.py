@@ -180,6 +180,7 @@ def parse_train_flags(args: list[str]) -> None:
         sys_argv=argv,
     )  # fmt: skip
     flags.DEFINE_string("workdir", None, "Directory.", flag_values=fv)
+    flags.DEFINE_bool("verbose", False, "Library logs on the terminal.", flag_values=fv)
     flags.mark_flags_as_required(["config", "workdir"], flag_values=fv)
     try:
         fv(argv)
@@ -318,6 +319,7 @@ def test_train_py_defines_flags_as_this_test_does():
     source = (ROOT / "train.py").read_text()
     assert re.search(r'config_flags\.DEFINE_config_file\(\s*"config".*lock_config=True', source)
     assert re.search(r'flags\.DEFINE_string\(\s*"workdir"', source)
+    assert re.search(r'flags\.DEFINE_bool\(\s*"verbose"', source)
     assert 'mark_flags_as_required(["config", "workdir"])' in source
 
 

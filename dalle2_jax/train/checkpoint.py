@@ -322,10 +322,13 @@ class ArrayDataError(ValueError):
     """Restored arrays differ from the fingerprint saved with them."""
 
     def __init__(self, paths: list[str]):
-        more = f" and {len(paths) - 1} more" if len(paths) > 1 else ""
+        which = (
+            f"{paths[0]} and {len(paths) - 1} more differ"
+            if len(paths) > 1
+            else (f"{paths[0]} differs")
+        )
         super().__init__(
-            f"its array data is damaged: {paths[0]}{more} differ from the fingerprint saved "
-            "with them"
+            f"its array data is damaged: {which} from the fingerprint saved with the checkpoint"
         )
 
 

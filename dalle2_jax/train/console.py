@@ -4,7 +4,7 @@
 
 - everything goes to `<workdir>/train.log` (appended; `train.<i>.log` for process i > 0 of a
   multi-process run): every log record with its traceback, library logs (orbax, absl,
-  grain), warnings, and whatever C++ libraries (XLA, TensorStore, gloo) write to stderr;
+  grain), warnings, and whatever C++ libraries (XLA, TensorStore, gloo) print;
 - the terminal gets this package's progress lines, the first line of other libraries'
   warnings and errors, the progress bar, and at the end one paragraph for a fault;
 - `verbose` (`--verbose` or `DALLE2_VERBOSE=1`) shows everything on the terminal as well;
@@ -91,8 +91,12 @@ def boundary(workdir: str | Path, verbose: bool = False, process_id: int | None 
         sys.stdout.flush()
         sys.stderr.flush()
         terminal = os.fdopen(os.dup(2), "w", buffering=1)
-        os.dup2(log_file.fileno(), 2)  # C++ libraries' stderr (XLA, TensorStore) to the log
-        sys.stderr = terminal  # Python's own writes that are meant for the user (tqdm)
+        sys.stdout = os.fdopen(os.dup(1), "w", buffering=1)
+        # What C++ libraries (XLA, TensorStore, gloo) print goes to the log; Python's own
+        # writes, meant for the user (print, tqdm), still reach the terminal.
+        os.dup2(log_file.fileno(), 1)
+        os.dup2(log_file.fileno(), 2)
+        sys.stderr = terminal
         sys.unraisablehook = _log_unraisable
         threading.excepthook = _log_thread_exception
     _route_logging(log_file, terminal, verbose)

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import sys
@@ -24,6 +25,7 @@ from pathlib import Path
 from dalle2_jax.train.faults import (
     EXIT_DONE,
     EXIT_INTERRUPTED,
+    EXIT_NEEDS_USER,
     EXIT_UNEXPECTED,
     TrainingFault,
 )
@@ -84,8 +86,12 @@ def boundary(workdir: str | Path, verbose: bool = False, process_id: int | None 
     """Route output as the module docstring says, run the body, turn its end into an exit
     code (`SystemExit`). Faults print their paragraph; other errors their first line."""
     path = log_path(workdir, process_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    log_file = open(path, "a", buffering=1)  # noqa: SIM115 (open for the process's lifetime)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        log_file = open(path, "a", buffering=1)  # noqa: SIM115 (open for the process's lifetime)
+    except OSError as error:
+        sys.stderr.write(f"Cannot write to the workdir: {_os_error(error)}. {_DISK_HINT}\n")
+        raise SystemExit(EXIT_NEEDS_USER) from error
     terminal = sys.stderr
     if not verbose:
         sys.stdout.flush()
@@ -112,18 +118,46 @@ def boundary(workdir: str | Path, verbose: bool = False, process_id: int | None 
         _trace.error("Interrupted:", exc_info=True)
         code = EXIT_INTERRUPTED
         _say(terminal, "Interrupted. Rerun the same command to resume from the last checkpoint.")
-    except Exception as error:  # the boundary: a bug or an unrecognised library error
-        _trace.error("Unexpected error:", exc_info=True)
-        code = EXIT_UNEXPECTED
-        _say(
-            terminal,
-            f"Stopped on an unexpected error: {type(error).__name__}: "
-            f"{_first_line(str(error), 500)}\nThe traceback is in {path} (--verbose shows it "
-            "here); please report it with that file.",
-        )
+    except Exception as error:  # the boundary: disk errors, or a bug / unrecognised error
+        if isinstance(error, OSError) and error.errno in _DISK_ERRNOS:
+            _trace.error("Disk error:", exc_info=True)
+            code = EXIT_NEEDS_USER
+            _say(
+                terminal,
+                f"Could not write: {_os_error(error)}. {_DISK_HINT} Then rerun the same command "
+                f"to resume from the last checkpoint.\n(exit code {code}; full detail in {path})",
+            )
+        else:
+            _trace.error("Unexpected error:", exc_info=True)
+            code = EXIT_UNEXPECTED
+            _say(
+                terminal,
+                f"Stopped on an unexpected error: {type(error).__name__}: "
+                f"{_first_line(str(error), 500)}\nThe traceback is in {path} (--verbose shows it "
+                "here); please report it with that file.",
+            )
     for handler in logging.getLogger().handlers:
         handler.flush()
     raise SystemExit(code)
+
+
+# The file system refused a write: full, over quota or a size limit, read-only, no permission.
+_DISK_ERRNOS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EFBIG,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.ENOTDIR,
+    errno.EEXIST,
+}
+_DISK_HINT = "Free space, lift the file-size limit (ulimit -f) or choose a writable --workdir."
+
+
+def _os_error(error: OSError) -> str:
+    where = f" ({error.filename})" if error.filename else ""
+    return f"{error.strerror or error}{where}"
 
 
 def _say(terminal, text: str) -> None:

@@ -21,6 +21,7 @@ from PIL import Image
 
 from dalle2_jax.data.loader import BatchLoader
 from dalle2_jax.data.webdataset import WebDatasetSource
+from dalle2_jax.train import console
 from dalle2_jax.train.faults import (
     EXIT_NEEDS_USER,
     CheckpointSaveError,
@@ -238,3 +239,13 @@ def test_shard_removed_or_cut_mid_run_is_skipped_and_counted_and_all_gone_stops(
     loader = BatchLoader(gone, global_batch_size=4, seed=0, shuffle=False, num_threads=1)
     with pytest.raises(ValueError, match=r"No readable image-caption pair in webdataset shards"):
         next(loader)
+
+
+def test_unwritable_workdir_stops_at_once_naming_it(tmp_path, capsys):
+    """The workdir's parent is a file: train.py's boundary cannot open train.log there."""
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit) as stopped, console.boundary(tmp_path / "file" / "run"):
+        raise AssertionError("the body must not run")
+    assert stopped.value.code == EXIT_NEEDS_USER
+    err = capsys.readouterr().err
+    assert err.startswith("Cannot write to the workdir: Not a directory") and str(tmp_path) in err

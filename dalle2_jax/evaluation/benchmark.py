@@ -14,6 +14,12 @@ images or an image source spec; its statistics are computed once and cached next
 `.npz` (pytorch-fid's layout: a published statistics file works as `--reference` for FID).
 results.json holds each metric, the settings, the number of images and the git commit.
 
+Sampling splits each batch of `--batch-size` captions (rounded up to a multiple of the
+devices) over the data-parallel axes of every device and host (`sharded_generate`); feature
+extraction splits every image set over the processes (`features.over_processes`), and the
+statistics are of all images. With several processes run the same command on each, with
+`--samples` on a file system all of them see; process 0 writes results.json and the caches.
+
 - fid / kid: FID Inception pool3 (`evaluation.fid`; clean-fid's resize by default);
 - fd_dinov2: Fréchet distance of DINOv2 CLS features as dgm-eval (`evaluation.dinov2_features`);
 - clip_score: 100 cos(image, caption) averaged, as torchmetrics (`evaluation.clip_score`).
@@ -22,6 +28,7 @@ results.json holds each metric, the settings, the number of images and the git c
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import re
 import subprocess
@@ -32,10 +39,13 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from PIL import Image
 from tqdm.auto import tqdm
 
 from dalle2_jax.evaluation.captions import read_captions
+from dalle2_jax.evaluation.features import device_batch_size, over_processes, process_share
 from dalle2_jax.evaluation.frechet import (
     Statistics,
     feature_statistics,
@@ -44,6 +54,7 @@ from dalle2_jax.evaluation.frechet import (
     load_statistics,
 )
 from dalle2_jax.evaluation.image_sets import open_image_set
+from dalle2_jax.train.mesh import BATCH_AXES, make_mesh
 
 METRICS = ("fid", "kid", "fd_dinov2", "clip_score")
 Generate = Callable[[list[str], jax.Array], np.ndarray]  # captions, key -> uint8 [B, H, W, 3]
@@ -75,7 +86,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dinov2", default="", help="Hugging Face DINOv2 folder (dinov2-large)")
     p.add_argument("--clip", default="", help="Hugging Face CLIP folder for the CLIP score")
     p.add_argument("--fid-mode", default="clean", choices=("clean", "legacy"))
-    p.add_argument("--batch-size", type=int, default=64, help="captions per sampling batch")
+    p.add_argument("--batch-size", type=int, default=64, help="captions per sampling batch (all devices)")
     p.add_argument("--feature-batch-size", type=int, default=64, help="images per feature step")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
@@ -113,6 +124,51 @@ class PngFiles(Sequence[np.ndarray]):
             return np.asarray(image.convert("RGB"))
 
 
+def _all_processes(flag: bool) -> bool:
+    """Whether `flag` holds on every process (the same answer everywhere)."""
+    if jax.process_count() == 1:
+        return flag
+    return bool(multihost_utils.process_allgather(np.array(flag)).all())
+
+
+class _GlobalText:
+    """A `ClipEncoder` whose `encode_text` returns global arrays: each process's captions are its
+    rows of the batch, split over the data-parallel axes of all devices."""
+
+    def __init__(self, encoder: Any, rows: NamedSharding):
+        self._encoder, self._rows = encoder, rows
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._encoder, name)
+
+    def encode_text(self, captions: Sequence[str]) -> dict[str, jax.Array]:
+        local = self._encoder.encode_text(captions)
+        return {
+            k: jax.make_array_from_process_local_data(self._rows, np.asarray(v))
+            for k, v in local.items()
+        }
+
+
+def sharded_generate(pipe: Any, opts: Any, mesh: Mesh) -> Generate:
+    """`pipe.text_to_image` with the caption batch split over the mesh's data-parallel axes
+    (`UnCLIP.text_to_image` itself runs a batch as one unsharded array): each process passes its
+    rows of the batch and gets back their uint8 images. The pipeline's own code runs, with the
+    text encodings made global arrays and the decoded images read back as this process's rows."""
+    rows = NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+    sharded = copy.copy(pipe)
+    sharded.encoder = _GlobalText(pipe.encoder, rows)
+
+    def decode(*args: Any, **kwargs: Any) -> np.ndarray:
+        images = type(pipe).decode(sharded, *args, **kwargs)
+        if jax.process_count() > 1:
+            spec = PartitionSpec(BATCH_AXES)
+            images = multihost_utils.global_array_to_host_local_array(images, mesh, spec)
+        return np.asarray(images)
+
+    sharded.decode = decode
+    return lambda texts, key: sharded.text_to_image(texts, key, opts=opts)
+
+
 def sample_images(
     generate: Generate,
     captions: Sequence[str],
@@ -125,7 +181,12 @@ def sample_images(
 ) -> PngFiles:
     """Write one PNG per caption (`{index:06d}.png`) under `out_dir`; batch i of `batch_size`
     captions draws from fold_in(key(seed), i). Batches already on disk are skipped, so a rerun
-    continues (with the same seed, batch size and `settings`, recorded in settings.json)."""
+    continues (with the same seed, batch size and `settings`, recorded in settings.json).
+
+    Every batch has `batch_size` rows (the last padded with the last caption, so the sampler
+    compiles once); with several processes `generate` is called on each with its
+    `process_share` of the batch's rows and returns their images; `out_dir` must then be on a
+    file system every process sees."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     recorded = {"seed": seed, "batch_size": batch_size, **(settings or {})}
@@ -141,21 +202,23 @@ def sample_images(
         settings_file.write_text(json.dumps(recorded, indent=2) + "\n")
     key = jax.random.key(seed)
     paths = [out_dir / f"{i:06d}.png" for i in range(len(captions))]
-    starts = range(0, len(captions), batch_size)
+    share = process_share(batch_size)  # this process's rows of every batch
     with tqdm(total=len(captions), unit="img", desc="sampling", disable=not progress) as bar:
-        for b, lo in enumerate(starts):
-            batch = range(lo, min(lo + batch_size, len(captions)))
-            if all(paths[i].is_file() for i in batch):
-                bar.update(len(batch))
+        for b, lo in enumerate(range(0, len(captions), batch_size)):
+            rows = [min(lo + j, len(captions) - 1) for j in share]  # last batch: padded
+            if _all_processes(all(paths[i].is_file() for i in rows)):
+                bar.update(min(batch_size, len(captions) - lo))
                 continue
-            images = np.asarray(generate([captions[i] for i in batch], jax.random.fold_in(key, b)))
-            if images.dtype != np.uint8 or len(images) != len(batch):
+            images = np.asarray(generate([captions[i] for i in rows], jax.random.fold_in(key, b)))
+            if images.dtype != np.uint8 or len(images) != len(rows):
                 raise ValueError(f"The sampler returned {images.dtype} {images.shape}.")
-            for i, image in zip(batch, images, strict=True):
-                tmp = paths[i].with_suffix(".tmp")
-                Image.fromarray(image).save(tmp, format="PNG")
-                tmp.replace(paths[i])  # a file on disk is always complete
-            bar.update(len(batch))
+            for j, i, image in zip(share, rows, images, strict=True):
+                if lo + j == i:  # padding rows are not written
+                    tmp = paths[i].with_suffix(".tmp")
+                    Image.fromarray(image).save(tmp, format="PNG")
+                    tmp.replace(paths[i])  # a file on disk is always complete
+            bar.update(min(batch_size, len(captions) - lo))
+    _all_processes(True)  # every process has written its rows before anyone reads them
     return PngFiles(paths)
 
 
@@ -185,9 +248,10 @@ def cached_features(
     if cache.is_file():
         with np.load(cache) as data:
             return (data["mu"], data["sigma"]), data["features"]
-    x = features(open_image_set(reference))
+    x = over_processes(features, open_image_set(reference))
     mu, sigma = feature_statistics(x)
-    np.savez(cache, mu=mu, sigma=sigma, features=x)  # pytorch-fid's layout, plus the features
+    if jax.process_index() == 0:  # pytorch-fid's layout, plus the features
+        np.savez(cache, mu=mu, sigma=sigma, features=x)
     return (mu, sigma), x
 
 
@@ -243,7 +307,7 @@ def compute_metrics(
         extract = lambda images: inception_features(  # noqa: E731
             images, variables, mode=args.fid_mode, **options
         )
-        x = extract(samples)
+        x = over_processes(extract, samples)
         if stats_only:
             ref_stats, ref = load_statistics(reference), None
         else:
@@ -258,20 +322,24 @@ def compute_metrics(
         config, params = load_fd_dinov2(_need(args.dinov2, "--dinov2", "FD-DINOv2"))
         extract = lambda images: dinov2_features(images, config, params, **options)  # noqa: E731
         ref_stats, _ = cached_features(reference, "fd_dinov2", extract)
-        result["fd_dinov2"] = frechet_distance(*feature_statistics(extract(samples)), *ref_stats)
+        x = over_processes(extract, samples)
+        result["fd_dinov2"] = frechet_distance(*feature_statistics(x), *ref_stats)
     if "clip_score" in metrics:
         from dalle2_jax.evaluation.clip_score import ClipScorer, clip_score
 
         scorer = ClipScorer.load(_need(args.clip, "--clip", "the CLIP score"))
-        batch = args.feature_batch_size
-        batches = (
-            (np.stack(samples[lo : lo + batch]), captions[lo : lo + batch])
-            for lo in range(0, len(captions), batch)
-        )
-        scores = scorer.pair_scores(
-            batches, batch_size=batch, total=len(captions), progress=options["progress"]
-        )
-        result["clip_score"] = clip_score(scores)
+        batch = device_batch_size(args.feature_batch_size, make_mesh({"data": -1}))
+
+        def pair_scores(indices: Sequence[int]) -> np.ndarray:  # images read lazily
+            chunks = [list(indices[lo : lo + batch]) for lo in range(0, len(indices), batch)]
+            batches = (
+                (np.stack([samples[i] for i in c]), [captions[i] for i in c]) for c in chunks
+            )
+            return scorer.pair_scores(
+                batches, batch_size=batch, total=len(indices), progress=options["progress"]
+            )
+
+        result["clip_score"] = clip_score(over_processes(pair_scores, range(len(captions))))
     return result
 
 
@@ -300,18 +368,20 @@ def main(argv: list[str] | None = None, generate: Generate | None = None) -> dic
     samples_dir = Path(args.samples) if args.samples else out.with_name(f"{out.stem}_samples")
     fields = [name.replace("-", "_") for name, _ in SAMPLE_OPTIONS]
     sample_options = {field: getattr(args, field) for field in fields}
+    batch_size = args.batch_size
     if generate is None:
         from dalle2_jax.pipeline import SampleOptions, UnCLIP
 
+        mesh = make_mesh({"data": -1})
+        batch_size = device_batch_size(batch_size, mesh) * jax.process_count()  # all devices
         pipe = UnCLIP.from_workdir(args.workdir)
-        opts = SampleOptions(**sample_options)
-        generate = lambda texts, key: pipe.text_to_image(texts, key, opts=opts)  # noqa: E731
+        generate = sharded_generate(pipe, SampleOptions(**sample_options), mesh)
     settings = {"workdir": str(args.workdir), "captions": str(args.captions), **sample_options}
     samples = sample_images(
         generate,
         captions,
         samples_dir,
-        batch_size=args.batch_size,
+        batch_size=batch_size,
         seed=args.seed,
         settings=settings,
         progress=not args.no_progress,
@@ -323,7 +393,7 @@ def main(argv: list[str] | None = None, generate: Generate | None = None) -> dic
         "settings": {
             **settings,
             "seed": args.seed,
-            "batch_size": args.batch_size,
+            "batch_size": batch_size,
             "fid_mode": args.fid_mode,
             "inception_weights": args.inception_weights,
             "dinov2": args.dinov2,
@@ -332,9 +402,10 @@ def main(argv: list[str] | None = None, generate: Generate | None = None) -> dic
         },
         "git_commit": git_commit(),
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result["metrics"], indent=2))
+    if jax.process_index() == 0:  # every process holds the result; one writes it
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(result["metrics"], indent=2))
     return result
 
 

@@ -6,7 +6,10 @@ replicated. The last batch is padded (its last row repeated) so the program comp
 and the padding is dropped from the result. The next batch is dispatched before the previous
 result is copied back, so loading overlaps compute. A tqdm bar shows images/s and the ETA.
 
-With several processes, each one passes its own rows and gets back the outputs of its rows.
+With several processes, each one passes its own rows and gets back the outputs of its rows;
+`process_share` picks a process's rows of a set (equally many on every process, so all run the
+same steps of the collective program) and `gather_shares` puts every process's outputs back
+together in order, so each process ends with the outputs of the whole set.
 """
 
 from __future__ import annotations
@@ -37,6 +40,50 @@ def array_batches(*arrays: np.ndarray | Sequence[Any], batch_size: int) -> Itera
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
     for lo in range(0, n, batch_size):
         yield tuple(np.asarray(a[lo : lo + batch_size]) for a in arrays)
+
+
+class Rows(Sequence[Any]):
+    """The items of `items` at `indices`, read lazily (a process's share of an image set)."""
+
+    def __init__(self, items: Sequence[Any], indices: Sequence[int]):
+        self.items, self.indices = items, list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return [self.items[i] for i in self.indices[index]]
+        return self.items[self.indices[index]]
+
+
+def process_share(
+    num: int, process_index: int | None = None, process_count: int | None = None
+) -> list[int]:
+    """The row indices of this process in a set of `num` rows: contiguous blocks of
+    ceil(num / process_count), the last process's block padded with the last row, so every
+    process has as many rows (and runs as many collective steps) as the others."""
+    index = jax.process_index() if process_index is None else process_index
+    count = jax.process_count() if process_count is None else process_count
+    if num < 1:
+        raise ValueError(f"A set of {num} rows cannot be split over processes.")
+    per = -(-num // count)
+    return [min(i, num - 1) for i in range(index * per, (index + 1) * per)]
+
+
+def gather_shares(local: Any, num: int) -> Any:
+    """Every process's outputs of its `process_share(num)` rows (pytree of arrays, leading
+    axis the rows), concatenated in row order on every process: the outputs of all `num`."""
+    if jax.process_count() > 1:
+        local = multihost_utils.process_allgather(local, tiled=True)
+    return jax.tree.map(lambda x: np.asarray(x)[:num], local)
+
+
+def over_processes(extract: Callable[[Sequence[Any]], Any], items: Sequence[Any]) -> Any:
+    """`extract(rows)` of all `items`, each process extracting its `process_share`."""
+    if jax.process_count() == 1:
+        return extract(items)
+    return gather_shares(extract(Rows(items, process_share(len(items)))), len(items))
 
 
 def device_batch_size(batch_size: int, mesh: Mesh) -> int:

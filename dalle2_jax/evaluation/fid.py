@@ -11,6 +11,9 @@ Inception state dict pytorch-fid loads (`pt_inception-2015-12-05-6726825d.pth`).
 `FID: ...`, and `KID: mean ± std` when both PATHs are image sets; `--save-stats` writes the
 statistics of PATH to OUT.npz instead. Features are computed on all devices (`--mode clean`:
 clean-fid's resize, the default; `legacy`: pytorch-fid's; see `evaluation.inception_inputs`).
+With several processes (`jax.distributed`), run the same command on each: each process
+extracts its share of every set, the statistics are of all images, and process 0 prints and
+writes.
 """
 
 from __future__ import annotations
@@ -20,9 +23,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import jax
 import numpy as np
 from jax.sharding import Mesh
 
+from dalle2_jax.evaluation.features import over_processes
 from dalle2_jax.evaluation.frechet import (
     feature_statistics,
     frechet_distance,
@@ -81,6 +86,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _print(text: str) -> None:
+    if jax.process_index() == 0:  # every process holds the result; one prints it
+        print(text)
+
+
 def _is_statistics(path: str) -> bool:
     return path.endswith(".npz")
 
@@ -128,22 +138,22 @@ def main(argv: list[str] | None = None, mesh: Mesh | None = None) -> dict[str, f
             features.append(None)
             statistics.append(item)
             continue
-        features.append(
-            inception_features(
-                item,
-                variables,
-                mode=args.mode,
-                batch_size=args.batch_size,
-                mesh=mesh,
-                desc=Path(path).name or path,
-                progress=not args.no_progress,
-            )
+        extract = lambda images, path=path: inception_features(  # noqa: E731
+            images,
+            variables,
+            mode=args.mode,
+            batch_size=args.batch_size,
+            mesh=mesh,
+            desc=Path(path).name or path,
+            progress=not args.no_progress,
         )
+        features.append(over_processes(extract, item))  # each process its share
         statistics.append(feature_statistics(features[-1]))
 
     if args.save_stats:
-        save_statistics(second, *statistics[0])
-        print(f"Saved the statistics of {len(features[0])} images to {second}")
+        if jax.process_index() == 0:
+            save_statistics(second, *statistics[0])
+        _print(f"Saved the statistics of {len(features[0])} images to {second}")
         return {"num_images": float(len(features[0]))}
 
     (mu1, sigma1), (mu2, sigma2) = statistics
@@ -153,7 +163,7 @@ def main(argv: list[str] | None = None, mesh: Mesh | None = None) -> dict[str, f
             "file must hold 2048-d Inception pool3 statistics."
         )
     result = {"fid": frechet_distance(mu1, sigma1, mu2, sigma2)}
-    print(f"FID: {result['fid']:.6f}")
+    _print(f"FID: {result['fid']:.6f}")
     if features[0] is not None and features[1] is not None:
         kid_mean, kid_std = kernel_inception_distance(
             features[0],
@@ -162,7 +172,7 @@ def main(argv: list[str] | None = None, mesh: Mesh | None = None) -> dict[str, f
             subset_size=args.kid_subset_size,
         )
         result.update(kid_mean=kid_mean, kid_std=kid_std)
-        print(f"KID: {kid_mean:.6f} ± {kid_std:.6f}")
+        _print(f"KID: {kid_mean:.6f} ± {kid_std:.6f}")
     return result
 
 

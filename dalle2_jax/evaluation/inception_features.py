@@ -9,7 +9,6 @@ data-parallel axes, last batch padded, tqdm rate and ETA).
 from __future__ import annotations
 
 import concurrent.futures
-import math
 import os
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -18,22 +17,14 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from dalle2_jax.evaluation.features import extract_features
+from dalle2_jax.evaluation.features import device_batch_size, extract_features
 from dalle2_jax.evaluation.inception_inputs import inception_input
 from dalle2_jax.models.inception import FIDInceptionV3
-from dalle2_jax.train.mesh import data_parallel_size, make_mesh
+from dalle2_jax.train.mesh import make_mesh
 
 
 def _pool3(variables: Any, images: jax.Array) -> jax.Array:
     return FIDInceptionV3().apply(variables, images)
-
-
-def device_batch_size(batch_size: int, mesh: Mesh) -> int:
-    """`batch_size` rounded up to a multiple of this process's data-parallel devices."""
-    if batch_size < 1:
-        raise ValueError(f"--batch-size must be positive, got {batch_size}.")
-    devices = data_parallel_size(mesh) // jax.process_count()
-    return math.ceil(batch_size / devices) * devices
 
 
 def _input_batches(

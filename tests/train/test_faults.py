@@ -22,6 +22,7 @@ from PIL import Image
 from dalle2_jax.data.loader import BatchLoader
 from dalle2_jax.data.webdataset import WebDatasetSource
 from dalle2_jax.train import console
+from dalle2_jax.train.checkpoint import Checkpointer
 from dalle2_jax.train.faults import (
     EXIT_NEEDS_USER,
     CheckpointSaveError,
@@ -181,27 +182,31 @@ def test_nan_steps_are_skipped_up_to_max_bad_steps_across_resumes_then_stop(tmp_
         "data.num_examples": 48,
         "data.poison_from": 32,
         "checkpoint.every_steps": 1,
+        "checkpoint.keep": 5,
         "max_bad_steps": 1,
     }
-    state = train_and_evaluate(tiny_config(**nan, num_steps=3), tmp_path / "run")
-    before = restore_train_state(tiny_config(**nan), tmp_path / "run", step=2)
-    assert int(state.step) == 3  # the step advanced; its update was not applied:
-    assert_same(
-        (state.params, state.ema_params, state.opt_state),
-        (before.params, before.ema_params, before.opt_state),
-    )
-    row = read_metrics(tmp_path / "run" / "toy")[-1]
+    train_and_evaluate(tiny_config(**nan, num_steps=5), tmp_path)
+    before, skipped = (restore_train_state(tiny_config(**nan), tmp_path, step=s) for s in (2, 3))
+    assert int(skipped.step) == 3  # the step advanced; its update was not applied:
+    assert_same(skipped.replace(step=before.step), before)
+    row = read_metrics(tmp_path / "toy")[2]
     assert row["step"] == 3 and row["loss"] == "nan" and row["nonfinite_skipped"] == 1
 
-    # Resumed, step 6 is the second bad step: over the bound, which counts across resumes.
+    # Resumed from the skipped step 3, step 6 is the second bad step: over the bound, which
+    # counts across resumes. Steps 4 and 5, retrained, equal the uninterrupted ones.
+    resume = tiny_config(**nan, num_steps=8, **{"checkpoint.restore_step": 3})
     with pytest.raises(
         NonFiniteLossError,
         match=r"at step 6 after skipping 1 such steps\. Last good checkpoint: step 5",
     ):
-        train_and_evaluate(tiny_config(**nan, num_steps=8), tmp_path / "run")
-    # ...and the resumed run, skip included, equals an uninterrupted one.
-    straight = train_and_evaluate(tiny_config(**nan, num_steps=5), tmp_path / "straight")
-    assert_same(restore_train_state(tiny_config(**nan), tmp_path / "run", step=5), straight)
+        train_and_evaluate(resume, tmp_path)
+    aside = tmp_path / "toy" / "checkpoints_set_aside" / "after_step_3"
+    uninterrupted = Checkpointer(aside, async_save=False)
+    try:
+        first, _, _ = uninterrupted.restore(jax.eval_shape(lambda: skipped), 5)
+    finally:
+        uninterrupted.close()
+    assert_same(restore_train_state(tiny_config(**nan), tmp_path, step=5), first)
 
 
 def _write_shard(path: Path, start: int, count: int) -> None:

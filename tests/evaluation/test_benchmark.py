@@ -8,12 +8,13 @@ import functools
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
 
 from dalle2_jax.evaluation import dinov2_features
-from dalle2_jax.evaluation.benchmark import main, parse_args, sample_images
+from dalle2_jax.evaluation.benchmark import main, parse_args, sample_images, sharded_generate
 from dalle2_jax.evaluation.clip_score import ClipScorer, clip_score
 from tests.evaluation.test_clip_score import checkpoint  # noqa: F401 (fixture)
 from tests.evaluation.test_dinov2 import dinov2  # noqa: F401 (fixture)
@@ -120,3 +121,45 @@ def test_bad_input_is_named(tmp_path):
         main([*base, "--reference", str(tmp_path), "--metrics", "fid,is"])
     args = parse_args([*base, "--reference", "r", "--decoder-steps", "25"])
     assert args.decoder_steps == 25 and args.metrics == "fid,kid,fd_dinov2,clip_score"
+
+
+class _Stage:
+    """A stand-in stage: `sample` is a jitted function of its inputs, the key and the rows'
+    positions, and records how its inputs were sharded."""
+
+    def __init__(self, field: str):
+        self.field, self.reads_text, self.seen = field, False, []
+        self.program = jax.jit(
+            lambda params, x, key: params * x + jax.random.normal(key, x.shape, x.dtype)
+        )
+
+    def sample(self, params, cond, key, **options):
+        x = cond[self.field]
+        self.seen.append(getattr(x, "sharding", None))
+        return self.program(params, jnp.asarray(x), key)
+
+
+def test_sharded_generate_runs_the_pipeline_split_over_the_devices():
+    from dalle2_jax.pipeline import SampleOptions, UnCLIP
+    from dalle2_jax.train.mesh import make_mesh
+    from dalle2_jax.train.restore import TrainedStage
+
+    class Encoder:
+        def encode_text(self, captions):
+            embed = np.array([[len(c), i] for i, c in enumerate(captions)], np.float32)
+            return {"text_embed": embed / 10}
+
+    def stage(field):
+        return TrainedStage(_Stage(field), None, jnp.float32(0.5), 1)
+
+    prior = stage("text_embed")
+    decoder = stage("image_embed")  # images [B, 2]: enough for to_uint8
+    pipe = UnCLIP(Encoder(), prior, decoder)
+    captions = [f"caption {i}" * (i % 3 + 1) for i in range(16)]
+    key = jax.random.key(1)
+    expected = pipe.text_to_image(captions, key)
+    mesh = make_mesh({"data": -1})
+    got = sharded_generate(pipe, SampleOptions(), mesh)(captions, key)
+    np.testing.assert_array_equal(got, expected)  # the same draws, split over 8 devices
+    for seen in (prior.stage.seen[-1], decoder.stage.seen[-1]):
+        assert len(seen.device_set) == 8 and not seen.is_fully_replicated

@@ -5,7 +5,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dalle2_jax.evaluation.features import array_batches, device_batch_size, extract_features
+from dalle2_jax.evaluation.features import (
+    Rows,
+    array_batches,
+    device_batch_size,
+    extract_features,
+    process_share,
+)
 from dalle2_jax.train.mesh import make_mesh
 
 
@@ -65,3 +71,20 @@ def test_device_batch_size_rounds_up_to_the_devices():
     assert [device_batch_size(n, mesh) for n in (1, 8, 9, 64)] == [8, 8, 16, 64]
     with pytest.raises(ValueError, match="must be positive"):
         device_batch_size(0, mesh)
+
+
+@pytest.mark.parametrize("num,count", [(10, 1), (10, 2), (10, 4), (3, 4), (16, 8)])
+def test_process_shares_cover_the_rows_in_order_with_equal_steps(num, count):
+    shares = [process_share(num, index, count) for index in range(count)]
+    assert len({len(s) for s in shares}) == 1  # every process runs the same collective steps
+    gathered = [i for share in shares for i in share]  # what process_allgather(tiled) gives
+    assert gathered[:num] == list(range(num))  # gather_shares keeps the first num rows
+    assert set(gathered[num:]) <= {num - 1}  # padding repeats the last row
+    rows = Rows(list("abcdefghijklmnop")[:num], shares[-1])
+    assert (
+        rows[:]
+        == [rows[i] for i in range(len(rows))]
+        == ["abcdefghijklmnop"[i] for i in shares[-1]]
+    )
+    with pytest.raises(ValueError, match="cannot be split"):
+        process_share(0, 0, count)

@@ -40,6 +40,7 @@ def test_cascade_writes_samples_and_eval(workdir):
             assert all(0.0 <= scores[a] <= 1.0 for a in ("color", "shape", "size", "position"))
         assert result[split]["ground_truth"]["color"] == 1.0  # the reader on true renders
     assert result["chance"]["color"] == pytest.approx(1 / 8)
+    assert result["clip_fd"]["generated"] > result["clip_fd"]["ground_truth"] > 0  # shapes_eval
     assert set(result["seconds"]) >= {"clip", "prior", "decoder", "upsampler"}
 
 

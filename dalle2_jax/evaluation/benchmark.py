@@ -86,7 +86,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dinov2", default="", help="Hugging Face DINOv2 folder (dinov2-large)")
     p.add_argument("--clip", default="", help="Hugging Face CLIP folder for the CLIP score")
     p.add_argument("--fid-mode", default="clean", choices=("clean", "legacy"))
-    p.add_argument("--batch-size", type=int, default=64, help="captions per sampling batch (all devices)")
+    p.add_argument("--batch-size", type=int, default=64, help="captions per sampling batch")
     p.add_argument("--feature-batch-size", type=int, default=64, help="images per feature step")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
@@ -269,7 +269,8 @@ def _need(path: str, flag: str, what: str) -> str:
 
 
 def check_inputs(reference: str, metrics: Sequence[str], args: argparse.Namespace) -> None:
-    """Fail before sampling: the reference and every weights file the metrics need."""
+    """Fail before sampling: every weights file the metrics need, and the reference (a
+    readable statistics file, or a folder of images or source spec that opens)."""
     if reference.endswith(".npz"):
         if set(metrics) - {"fid", "clip_score"}:
             raise ValueError(
@@ -278,12 +279,16 @@ def check_inputs(reference: str, metrics: Sequence[str], args: argparse.Namespac
             )
         if not Path(reference).is_file():
             raise FileNotFoundError(f"--reference {reference} does not exist.")
+        load_statistics(reference)  # unreadable or without mu / sigma: named now
     if "fid" in metrics or "kid" in metrics:
         _need(args.inception_weights, "--inception-weights", "FID and KID")
     if "fd_dinov2" in metrics:
         _need(args.dinov2, "--dinov2", "FD-DINOv2")
     if "clip_score" in metrics:
         _need(args.clip, "--clip", "the CLIP score")
+    if not reference.endswith(".npz") and set(metrics) - {"clip_score"}:
+        open_image_set(reference)  # not a folder of images or a source spec: named now
+        cache_path(reference, "fid")  # and somewhere to cache its statistics
 
 
 def compute_metrics(

@@ -163,3 +163,21 @@ def test_sharded_generate_runs_the_pipeline_split_over_the_devices():
     np.testing.assert_array_equal(got, expected)  # the same draws, split over 8 devices
     for seen in (prior.stage.seen[-1], decoder.stage.seen[-1]):
         assert len(seen.device_set) == 8 and not seen.is_fully_replicated
+
+
+def test_an_unreadable_reference_is_named_before_sampling(tmp_path):
+    (tmp_path / "c.txt").write_text("a\nb\n")
+    (tmp_path / "broken.npz").write_bytes(b"not a zip")
+    (tmp_path / "weights.pth").write_bytes(b"")
+    base = ["--workdir", "w", "--captions", str(tmp_path / "c.txt"), "--num", "2"]
+    base += ["--inception-weights", str(tmp_path / "weights.pth"), "--metrics", "fid"]
+
+    def must_not_sample(texts, key):
+        raise AssertionError("sampled before checking the reference")
+
+    with pytest.raises(ValueError, match="Cannot read statistics file .*broken.npz"):
+        main([*base, "--reference", str(tmp_path / "broken.npz")], generate=must_not_sample)
+    with pytest.raises(ValueError, match="'nowhere/' is neither a folder of images"):
+        main([*base, "--reference", "nowhere/"], generate=must_not_sample)
+    with pytest.raises(ValueError, match="No image files"):
+        main([*base, "--reference", str(tmp_path)], generate=must_not_sample)

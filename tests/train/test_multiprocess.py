@@ -58,27 +58,14 @@ def finish(procs, timeout: float = 400) -> list[str]:
     return outs
 
 
-def test_two_processes_match_one_process(tmp_path, cache_env):
-    common = {"mesh.data": 2, "mesh.fsdp": 4}
-    procs = two_processes(tmp_path / "multi", {}, cache_env)
-    outs = finish(procs)
-    assert [p.returncode for p in procs] == [0, 0], outs
-    assert "Process 1 of 2 with 4 local / 8 global devices" in outs[1]
-
-    code, out = run_train(tmp_path / "single", common, devices=8)
-    assert code == 0, out
-    multi = [r["loss"] for r in read_metrics(tmp_path / "multi" / "toy")]
-    single = [r["loss"] for r in read_metrics(tmp_path / "single" / "toy")]
-    assert len(multi) == len(single) == 6
-    np.testing.assert_allclose(multi, single, rtol=2e-5)
-
-
 def test_a_dead_process_stops_the_other_naming_it_and_rerunning_both_resumes(tmp_path, cache_env):
     """Kill -9 process 1 mid-run: process 0, which would wait in a gloo all-reduce forever,
-    exits within the 5 s peer timeout (plus a poll) with a paragraph naming process 1."""
+    exits within the 5 s peer timeout (plus a poll) with a paragraph naming process 1.
+    Rerunning both resumes, and the two processes' losses, across the death and the resume,
+    equal one process's on 8 devices."""
     run = {"num_steps": 10**6, "checkpoint.every_steps": 2, "distributed.peer_timeout_s": 5}
-    procs = two_processes(tmp_path, run, cache_env)
-    metrics = tmp_path / "toy" / "metrics.jsonl"
+    procs = two_processes(tmp_path / "multi", run, cache_env)
+    metrics = tmp_path / "multi" / "toy" / "metrics.jsonl"
     deadline = time.time() + 300
     while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
         assert time.time() < deadline and all(p.poll() is None for p in procs)
@@ -92,10 +79,21 @@ def test_a_dead_process_stops_the_other_naming_it_and_rerunning_both_resumes(tmp
     assert waited < 5 + 15, waited
     assert "process 1 of 2 stopped sending heartbeats for 5 s" in out, out
     assert "Rerun all 2 processes to resume from it" in out
-    ckpts = tmp_path / "toy" / "checkpoints"
+    ckpts = tmp_path / "multi" / "toy" / "checkpoints"
     last = max(int(p.name) for p in ckpts.iterdir() if p.name.isdigit())
     assert f"The last checkpoint is step {last} in " in out
+    before = len(metrics.read_text().splitlines())
 
-    outs = finish(two_processes(tmp_path, {"num_steps": last + 2}, cache_env))
+    procs = two_processes(tmp_path / "multi", {"num_steps": max(6, last + 2)}, cache_env)
+    outs = finish(procs)
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert "Process 1 of 2 with 4 local / 8 global devices" in outs[1]
     steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
-    assert steps[-2:] == [last + 1, last + 2], outs  # resumed right after the checkpoint
+    assert steps[before:] == list(range(last + 1, max(6, last + 2) + 1)), outs  # resumed
+
+    code, out = run_train(tmp_path / "single", {"mesh.data": 2, "mesh.fsdp": 4}, devices=8)
+    assert code == 0, out
+    multi = [r["loss"] for r in read_metrics(tmp_path / "multi" / "toy")][:6]
+    single = [r["loss"] for r in read_metrics(tmp_path / "single" / "toy")]
+    assert len(multi) == len(single) == 6
+    np.testing.assert_allclose(multi, single, rtol=2e-5)

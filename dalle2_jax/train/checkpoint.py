@@ -332,22 +332,34 @@ class ArrayDataError(ValueError):
         )
 
 
+def _chain(error: BaseException | None) -> list[BaseException]:
+    """The error and its causes, outermost first."""
+    chain = []
+    while error is not None and error not in chain:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    return chain
+
+
 def _restore_reason(error: BaseException) -> str:
-    """What is wrong with an unreadable step, in words, with the file named where known."""
+    """What is wrong with an unreadable step, in words, with the file named where known (from
+    the innermost TensorStore status in the exception chain)."""
     if isinstance(error, ArrayDataError):
         return str(error)
-    text = str(error)
+    text = " ".join(str(e) for e in _chain(error))
     files = re.findall(r'local file "([^"]+)"', text)
     where = f" ({files[-1]})" if files else ""
     if "DATA_LOSS" in text or "checksum" in text.lower() or "Error decoding" in text:
         detail = re.findall(r"Error decoding ([^\[;]*)", text)
         what = f": {_clip(detail[0].strip(), 120)}" if detail else ""
         return f"its files are damaged{where}{what}"
-    if "NOT_FOUND" in text or isinstance(error, FileNotFoundError):
+    if "OUT_OF_RANGE" in text or "Truncated" in text:  # a missing data file reads as empty
+        return f"its files are cut short or missing{where}"
+    if "NOT_FOUND" in text or any(isinstance(e, FileNotFoundError) for e in _chain(error)):
         return f"files of it are missing{where}"
-    if isinstance(error, json.JSONDecodeError) or "JSONDecodeError" in text:
+    if any(isinstance(e, json.JSONDecodeError) for e in _chain(error)):
         return "its metadata is damaged (invalid JSON)"
-    return _first_line(error)
+    return _first_line(_chain(error)[-1])
 
 
 def _clip(text: str, limit: int) -> str:

@@ -4,7 +4,8 @@
 
 - everything goes to `<workdir>/train.log` (appended; `train.<i>.log` for process i > 0 of a
   multi-process run): every log record with its traceback, library logs (orbax, absl,
-  grain), warnings, and whatever C++ libraries (XLA, TensorStore, gloo) print;
+  grain), warnings, and whatever C++ libraries (XLA, TensorStore, gloo) print (through
+  `relay`, which also shows their fatal lines: an abort inside a library is never silent);
 - the terminal gets this package's progress lines, the first line of other libraries'
   warnings and errors, the progress bar, and at the end one paragraph for a fault;
 - `verbose` (`--verbose` or `DALLE2_VERBOSE=1`) shows everything on the terminal as well;
@@ -17,11 +18,13 @@ import contextlib
 import errno
 import logging
 import os
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from dalle2_jax.train import relay as relay_module
 from dalle2_jax.train.faults import (
     EXIT_DONE,
     EXIT_INTERRUPTED,
@@ -98,10 +101,18 @@ def boundary(workdir: str | Path, verbose: bool = False, process_id: int | None 
         sys.stderr.flush()
         terminal = os.fdopen(os.dup(2), "w", buffering=1)
         sys.stdout = os.fdopen(os.dup(1), "w", buffering=1)
-        # What C++ libraries (XLA, TensorStore, gloo) print goes to the log; Python's own
-        # writes, meant for the user (print, tqdm), still reach the terminal.
-        os.dup2(log_file.fileno(), 1)
-        os.dup2(log_file.fileno(), 2)
+        # What C++ libraries (XLA, TensorStore, gloo) print goes through the relay process to
+        # the log, fatal lines also to the terminal; Python's own writes, meant for the user
+        # (print, tqdm), still reach the terminal directly.
+        relay = subprocess.Popen(
+            [sys.executable, relay_module.__file__, str(path)],
+            stdin=subprocess.PIPE,
+            stdout=terminal,
+            close_fds=True,
+        )
+        os.dup2(relay.stdin.fileno(), 1)
+        os.dup2(relay.stdin.fileno(), 2)
+        relay.stdin.close()
         sys.stderr = terminal
         sys.unraisablehook = _log_unraisable
         threading.excepthook = _log_thread_exception

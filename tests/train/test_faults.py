@@ -9,6 +9,8 @@ import io
 import resource
 import shutil
 import signal
+import subprocess
+import sys
 import tarfile
 import time
 from pathlib import Path
@@ -21,7 +23,7 @@ from PIL import Image
 
 from dalle2_jax.data.loader import BatchLoader
 from dalle2_jax.data.webdataset import WebDatasetSource
-from dalle2_jax.train import console
+from dalle2_jax.train import console, relay
 from dalle2_jax.train.checkpoint import Checkpointer
 from dalle2_jax.train.faults import (
     EXIT_NEEDS_USER,
@@ -254,3 +256,24 @@ def test_unwritable_workdir_stops_at_once_naming_it(tmp_path, capsys):
     assert stopped.value.code == EXIT_NEEDS_USER
     err = capsys.readouterr().err
     assert err.startswith("Cannot write to the workdir: Not a directory") and str(tmp_path) in err
+
+
+def test_a_fatal_line_of_a_library_reaches_the_terminal_the_rest_only_the_log(tmp_path):
+    """jax's coordination service aborts a process whose coordinator died with a glog F line
+    (as seen when process 0 of a two-process run is killed); the relay shows it, explained."""
+    fatal = (
+        "F1205 08:31:16.465481   18627 client.h:80] Terminating process because the JAX "
+        "distributed service detected fatal errors. absl::Status: UNAVAILABLE: Failed to send "
+        "RPC to coordination service. Either the leader task was preempted/died/restarted\n"
+    )
+    noise = "[Gloo] Rank 0 is connected to 1 peer ranks.\nI1205 08:31:16 tensorstore ok\n"
+    log = tmp_path / "train.log"
+    shown = subprocess.run(
+        [sys.executable, relay.__file__, str(log)],
+        input=(noise + fatal + "Fatal Python error: Aborted\n").encode(),
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    assert shown.startswith("Lost the coordinator of this multi-process run (process 0)")
+    assert len(shown.splitlines()) == 1 and "Gloo" not in shown
+    assert log.read_text() == noise + fatal + "Fatal Python error: Aborted\n"

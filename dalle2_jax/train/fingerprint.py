@@ -20,21 +20,31 @@ Fingerprint = dict[str, list[int]]
 
 
 def _bits(x: jax.Array) -> jax.Array:
-    """The array's bit patterns as a flat uint32 vector."""
+    """The array's bit patterns as uint32, in its own shape (a trailing axis of 2 for 64-bit
+    types): no reshape, so a sharded array is summed where it lies, never gathered."""
     if x.dtype == jnp.bool_:
-        return x.astype(jnp.uint32).reshape(-1)
+        return x.astype(jnp.uint32)
     size = jnp.dtype(x.dtype).itemsize
     if size == 8:
-        return jax.lax.bitcast_convert_type(x, jnp.uint32).reshape(-1)
+        return jax.lax.bitcast_convert_type(x, jnp.uint32)
     unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[size]
-    return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32).reshape(-1)
+    return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
+
+
+def _position(shape: tuple[int, ...]) -> jax.Array:
+    """Each element's row-major flat index (mod 2**32), built from iotas in `shape`."""
+    index, stride = jnp.zeros(shape, jnp.uint32), 1
+    for axis in reversed(range(len(shape))):
+        index = index + jax.lax.broadcasted_iota(jnp.uint32, shape, axis) * jnp.uint32(stride)
+        stride = stride * shape[axis] % 2**32
+    return index
 
 
 @jax.jit
 def _sums(tree: Any) -> Any:
     def one(x):
         bits = _bits(x)
-        weights = 2 * jnp.arange(bits.size, dtype=jnp.uint32) + 1
+        weights = 2 * _position(bits.shape) + 1
         plain, weighted = jnp.sum(bits, dtype=jnp.uint32), jnp.sum(bits * weights, dtype=jnp.uint32)
         return jnp.stack([plain, weighted])
 

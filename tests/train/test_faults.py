@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.experimental.compilation_cache import compilation_cache
@@ -30,6 +31,7 @@ from dalle2_jax.train.faults import (
     CheckpointSaveError,
     NonFiniteLossError,
 )
+from dalle2_jax.train.fingerprint import fingerprint
 from dalle2_jax.train.loop import train_and_evaluate
 from dalle2_jax.train.metrics import read_metrics
 from dalle2_jax.train.restore import restore_train_state
@@ -277,3 +279,28 @@ def test_a_fatal_line_of_a_library_reaches_the_terminal_the_rest_only_the_log(tm
     assert shown.startswith("Lost the coordinator of this multi-process run (process 0)")
     assert len(shown.splitlines()) == 1 and "Gloo" not in shown
     assert log.read_text() == noise + fatal + "Fatal Python error: Aborted\n"
+
+
+def test_fingerprint_is_numpys_bit_sums_on_any_sharding():
+    """Two uint32 sums of the bit patterns (plain, position-weighted), as numpy computes them
+    in uint64 mod 2**32; the same for an array split over 8 devices."""
+    rng = np.random.default_rng(0)
+    tree = {
+        "kernel": rng.normal(size=(8, 6, 5)).astype(np.float32),
+        "count": np.arange(4, dtype=np.int32),
+        "scale": np.float32(2.5),
+        "bf16": rng.normal(size=(16,)).astype(jnp.bfloat16),
+    }
+
+    def reference(x):
+        x = np.asarray(x)
+        bits = x.view(f"uint{8 * x.dtype.itemsize}").astype(np.uint64).reshape(-1)
+        weights = 2 * np.arange(bits.size, dtype=np.uint64) + 1
+        return [int(bits.sum() % 2**32), int((bits * weights).sum() % 2**32)]
+
+    mesh = jax.make_mesh((8,), ("fsdp",), axis_types=(jax.sharding.AxisType.Auto,))
+    split = jax.device_put(tree["kernel"], jax.NamedSharding(mesh, jax.P("fsdp")))
+    assert fingerprint({**tree, "kernel": split}) == {k: reference(v) for k, v in tree.items()}
+    flipped = tree["kernel"].copy()
+    flipped.view(np.uint32)[3, 2, 1] ^= 1 << 20  # one bit of one number
+    assert fingerprint({"kernel": flipped})["kernel"] != reference(tree["kernel"])

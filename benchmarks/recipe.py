@@ -10,7 +10,8 @@ Measured, each as examples/s after a warm-up:
   train:<stage>     one train step (loss, clipping, AdamW, EMA) of each stage on a random batch
                     of `--batch` examples (default: each stage's config batch; on CPU pass a
                     small one, the per-example rate barely depends on it there).
-Hours per million examples = 1e6 / rate / 3600. The loader's rates are
+Hours per million examples = 1e6 / rate / 3600; CPU seconds per example (all threads) are
+printed too, the steadier figure on a shared machine. The loader's rates are
 benchmarks/input_pipeline.py's.
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -44,17 +46,25 @@ from configs import unclip  # noqa: E402
 STAGES = ("clip", "prior", "decoder", "upsampler")
 
 
-def timed(fn) -> float:
-    start = time.perf_counter()
+def timed(fn) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process over all its threads) of `fn()`."""
+    wall, cpu = time.perf_counter(), time.process_time()
     fn()
-    return time.perf_counter() - start
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def conversion_rate(pattern: str, out: Path, examples: int) -> float:
-    return examples / timed(lambda: convert(pattern, out, progress=False))
+def rates(examples: int, seconds: tuple[float, float]) -> dict:
+    """Examples per wall second, and CPU seconds per example (on a shared machine the second
+    is the steadier figure: other processes' load stretches wall time, not CPU time)."""
+    wall, cpu = seconds
+    return {"rate": examples / wall, "cpu_s_per_example": cpu / examples}
 
 
-def precompute_rate(spec: str, workdir: Path, examples: int, batch: int) -> float:
+def conversion_rate(pattern: str, out: Path, examples: int) -> dict:
+    return rates(examples, timed(lambda: convert(pattern, out, progress=False)))
+
+
+def precompute_rate(spec: str, workdir: Path, examples: int, batch: int) -> dict:
     """Examples/s of `precompute_embeddings` with the default CLIP (tokenizer trained on the
     source's captions, as the CLIP stage trains it)."""
     config = unclip.get_config("clip")
@@ -75,7 +85,7 @@ def precompute_rate(spec: str, workdir: Path, examples: int, batch: int) -> floa
             progress=False,
         )
     )
-    return min(examples, len(source)) / seconds
+    return rates(min(examples, len(source)), seconds)
 
 
 def train_rate(stage: str, spec: str, workdir: Path, batch: int | None, steps: int) -> dict:
@@ -110,17 +120,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
+    load = os.getloadavg()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         (tmp / "wds").mkdir()
         per_shard = max(1, args.examples // 2)
         pattern = write_shards(tmp / "wds", 2, per_shard, 256)
-        rate = conversion_rate(pattern, tmp / "ar", 2 * per_shard)
-        rows.append({"command": "to_array_record", "rate": rate})
+        rows.append(
+            {"command": "to_array_record", **conversion_rate(pattern, tmp / "ar", 2 * per_shard)}
+        )
         spec = f"array_record:{tmp / 'ar'}/*.array_record:256"
         rate = precompute_rate(spec, tmp / "pre", args.examples, batch=args.batch or 64)
-        rows.append({"command": "precompute", "rate": rate})
+        rows.append({"command": "precompute", **rate})
         for stage in args.stages.split(","):
             row = train_rate(stage, spec, tmp / stage, args.batch, args.steps)
             rows.append({"command": f"train:{stage}", **row})
@@ -128,12 +140,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
         row["hours_per_million"] = 1e6 / row["rate"] / 3600
     device = device_info()
     print(f"device: {device}")
-    print(f"{'command':<18} {'batch':>5} {'examples/s':>11} {'h / 1M examples':>16}")
+    print(f"load average before: {load}, after: {os.getloadavg()}")
+    print(
+        f"{'command':<18} {'batch':>5} {'examples/s':>11} {'h / 1M examples':>16} {'CPU s/ex':>9}"
+    )
     for r in rows:
         batch = r.get("batch", "")
-        print(f"{r['command']:<18} {batch:>5} {r['rate']:>11.2f} {r['hours_per_million']:>16.1f}")
+        print(
+            f"{r['command']:<18} {batch:>5} {r['rate']:>11.2f} {r['hours_per_million']:>16.1f} "
+            f"{r['cpu_s_per_example']:>9.3f}"
+        )
     if args.out:
-        Path(args.out).write_text(json.dumps({"device": device, "rows": rows}, indent=2))
+        report = {"device": device, "load_average": [load, os.getloadavg()], "rows": rows}
+        Path(args.out).write_text(json.dumps(report, indent=2))
     return rows
 
 

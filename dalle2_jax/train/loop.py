@@ -15,6 +15,7 @@ import logging
 import math
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import flax.linen as nn
@@ -169,7 +170,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         return _train(config, workdir, stage, mesh, rules, tx, schedule, init_params, cleanup)
 
 
-def _train(config, workdir, stage, mesh, rules, tx, schedule, init_params, cleanup):
+def _train(
+    config: ml_collections.ConfigDict,
+    workdir: Path,
+    stage: stages.Stage,
+    mesh: jax.sharding.Mesh,
+    rules: tuple,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    init_params: Callable,
+    cleanup: contextlib.ExitStack,
+) -> TrainState:
     """Sections 2-5 of `train_and_evaluate`; `cleanup` closes what they open."""
     key = jax.random.key(config.seed)
     init_key, step_key, eval_key = jax.random.split(key, 3)
@@ -182,6 +193,9 @@ def _train(config, workdir, stage, mesh, rules, tx, schedule, init_params, clean
         async_save=ckpt_cfg.get("async_save", True),
     )
     cleanup.callback(checkpointer.close)
+    # From here on, a dead peer ends this process instead of leaving it in a collective.
+    watchdog = distributed.PeerWatchdog.start_if_multiprocess(config, checkpointer)
+    cleanup.callback(watchdog.stop)
     abstract, shardings = state_shardings(init_params, tx, mesh, rules)
     data_state, nonfinite_skipped = None, 0
     restore_step = _restore_step(config, checkpointer)
@@ -250,8 +264,6 @@ def _train(config, workdir, stage, mesh, rules, tx, schedule, init_params, clean
     param_norm = jax.jit(optax.tree.norm)  # logged, not computed every step
     writer = MetricsWriter(workdir)
     cleanup.callback(writer.close)
-    watchdog = distributed.PeerWatchdog.start_if_multiprocess(config, checkpointer)
-    cleanup.callback(watchdog.stop)
     last_saved = checkpointer.latest_step()
     step = start_step
     progress = tqdm(

@@ -28,6 +28,7 @@ EXTRAS = {
         "pytest>=8",
         "importlib_resources>=6",
         "pytest-timeout>=2.3",
+        "pytest-xdist>=3.6",
         "portpicker>=1.6",
         "ruff>=0.6",
         "torch==2.13.0",

@@ -1,4 +1,5 @@
-"""Sample images from a trained unCLIP workdir: flags -> pipeline -> PNG files.
+"""Sample images from a trained unCLIP workdir or a diffusers unCLIP folder (Karlo):
+flags -> pipeline -> PNG files.
 
   python sample.py --workdir runs/shapes --prompt "a small red circle in the top left" \
       --num-images 4 --seed 0 --out samples.png
@@ -8,6 +9,8 @@
   python sample.py --workdir runs/shapes --image photo.png --text-diff "a red circle" \
       "a blue circle" --out diff.png
   python sample.py --workdir runs/shapes --eval --out eval.json
+  python sample.py --pretrained karlo-v1-alpha --prompt "a photo of a corgi" --num-images 4 \
+      --seed 0 --out corgi.png
 """
 
 from __future__ import annotations
@@ -28,7 +31,11 @@ from dalle2_jax.visualize import make_grid, save_png
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--workdir", required=True)
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--workdir", help="a workdir trained by train.py")
+    source.add_argument(
+        "--pretrained", help="a diffusers unCLIP folder (Karlo: UnCLIPPipeline layout)"
+    )
     p.add_argument("--prompt", action="append", default=[], help="repeat for several prompts")
     p.add_argument("--num-images", type=int, default=4, help="images per prompt / variations")
     p.add_argument("--seed", type=int, default=0)
@@ -90,12 +97,20 @@ def write(images: np.ndarray, captions, args) -> None:
     )
 
 
+def load_pipeline(args: argparse.Namespace) -> UnCLIP:
+    if args.pretrained:
+        return UnCLIP.from_diffusers(args.pretrained)
+    return UnCLIP.from_workdir(args.workdir)
+
+
 def run(args: argparse.Namespace) -> None:
     opts = SampleOptions(**{f: getattr(args, f) for f in SampleOptions.__dataclass_fields__})
     key = jax.random.key(args.seed)
     if args.eval:
         from dalle2_jax.evaluation.shapes_eval import evaluate_shapes
 
+        if args.pretrained:
+            raise ValueError("--eval scores the shapes demo; it needs --workdir.")
         pipe = UnCLIP.from_workdir(args.workdir)
         result = evaluate_shapes(
             lambda captions, k: pipe.text_to_image(captions, k, opts=opts),
@@ -113,7 +128,7 @@ def run(args: argparse.Namespace) -> None:
         raise ValueError("Empty prompt: give each --prompt some text.")
     if not (prompts or args.image or args.interpolate_prompts):
         raise ValueError("Nothing to do: give --prompt, --image or --interpolate-prompts.")
-    pipe = UnCLIP.from_workdir(args.workdir)
+    pipe = load_pipeline(args)
     size = pipe.encoder.config.vision.image_size
     images = [load_image(path, size) for path in args.image]
     if args.interpolate_prompts:

@@ -1,7 +1,9 @@
 """unCLIP at sampling time: caption -> CLIP text -> prior -> decoder -> upsampler(s).
 
 `UnCLIP.from_workdir(workdir)` loads the latest EMA weights of every stage trained there by
-`train.py`; each stage samples with one compiled program. Also image variations (optionally
+`train.py`; `UnCLIP.from_diffusers(folder)` loads a diffusers unCLIP folder (Karlo; see
+`dalle2_jax.pretrained`) into the same object, and `save_diffusers` writes it back. Each stage
+samples with one compiled program. Also image variations (optionally
 from the DDIM-inverted decoder latent), interpolation between two images or two prompts by
 slerp of CLIP image embeddings, and text diffs (moving an image's embedding along the
 difference of two captions' text embeddings), as in the paper's figures.
@@ -87,6 +89,31 @@ class UnCLIP:
     ):
         self.encoder, self.prior, self.decoder = encoder, prior, decoder
         self.upsamplers = list(upsamplers)
+        self.source: Path | None = None  # the diffusers folder, for from_diffusers pipelines
+
+    @classmethod
+    def from_diffusers(cls, path: str | Path, devices: Sequence | None = None) -> UnCLIP:
+        """A diffusers unCLIP folder (Karlo's `UnCLIPPipeline` layout, or the image-variation
+        layout without a prior): its CLIP towers, prior, decoder and super-res U-Nets, sampled
+        as diffusers' pipeline samples them (`dalle2_jax.pretrained`), replicated over
+        `devices` (default: all) with the batch split over them."""
+        from dalle2_jax.convert.diffusers_unclip import load_unclip
+
+        encoder, prior, decoder, upsamplers = load_unclip(path, devices)
+        pipe = cls(encoder, prior, decoder, upsamplers)
+        pipe.source = Path(path)
+        return pipe
+
+    def save_diffusers(self, path: str | Path) -> None:
+        """Write this pipeline (loaded by `from_diffusers`) as a diffusers unCLIP folder that
+        `UnCLIPPipeline.from_pretrained` loads."""
+        from dalle2_jax.convert.diffusers_unclip import save_unclip
+
+        if self.source is None or len(self.upsamplers) != 1:
+            raise ValueError(
+                "Only pipelines loaded with UnCLIP.from_diffusers export to diffusers."
+            )
+        save_unclip(path, self.encoder, self.prior, self.decoder, self.upsamplers[0], self.source)
 
     @classmethod
     def from_workdir(cls, workdir: str | Path, upsamplers: Sequence[str] = ("upsampler",)):
@@ -112,7 +139,12 @@ class UnCLIP:
         cond = {"image_embed": image_embed}
         if text is not None and self.decoder.stage.reads_text:
             cond.update(text_tokens=text["text_tokens"], text_mask=text["text_mask"])
+            cond.update(text_embed=text["text_embed"])  # read by diffusers' decoder
         return cond
+
+    def _decoder_size(self) -> int:
+        stage = self.decoder.stage
+        return stage.image_size if hasattr(stage, "image_size") else stage.config.data.image_size
 
     def decode(self, image_embed, text: dict | None, key, opts: SampleOptions, x_T=None):
         """CLIP image embeddings -> images in [-1, 1] at the final resolution."""
@@ -128,6 +160,11 @@ class UnCLIP:
         return images
 
     def image_embeddings(self, prompts: Sequence[str], key, opts: SampleOptions):
+        if self.prior is None:
+            raise ValueError(
+                "This pipeline has no prior (an image-variation folder): text-to-image and "
+                "prompt interpolation need one; image variations work."
+            )
         text = self.encoder.encode_text(prompts)
         embed = self.prior.stage.sample(self.prior.params, text, key, **opts.prior())
         return embed, text
@@ -146,7 +183,7 @@ class UnCLIP:
 
     def encode_images(self, images: np.ndarray) -> np.ndarray:
         """CLIP image embeddings of images [B, H, W, 3] in [-1, 1]."""
-        return self.encoder.encode(images, [""] * len(images))["image_embed"]
+        return self.encoder.encode_images(images)["image_embed"]
 
     def variations(
         self,
@@ -169,7 +206,7 @@ class UnCLIP:
         return to_uint8(self.decode(embed, None, key, opts, x_T=x_T))
 
     def _inverted_latent(self, image: np.ndarray, embed: np.ndarray, repeat: int) -> jax.Array:
-        size = self.decoder.stage.config.data.image_size
+        size = self._decoder_size()
         low = jax.image.resize(jnp.asarray(image), (size, size, 3), "cubic", antialias=True)
         x_T = self.decoder.stage.invert(self.decoder.params, low[None], {"image_embed": embed})
         return jnp.repeat(x_T, repeat, axis=0)
@@ -185,11 +222,14 @@ class UnCLIP:
         opts: SampleOptions | None = None,
     ) -> np.ndarray:
         """Images along the slerp from embedding a to b, all from the same decoder noise (or
-        the given latent), so only the embedding changes along the strip."""
+        the given latent), so only the embedding changes along the strip. The norm moves
+        linearly from a's to b's (1 for unit embeddings; Karlo's are not normalised)."""
         opts = opts or SampleOptions()
-        embeds = slerp(embed_a, embed_b, np.linspace(0.0, 1.0, steps))
+        weights = np.linspace(0.0, 1.0, steps)
+        norms = (1 - weights) * np.linalg.norm(embed_a) + weights * np.linalg.norm(embed_b)
+        embeds = slerp(embed_a, embed_b, weights) * norms[:, None].astype(np.float32)
         if x_T is None:
-            size = self.decoder.stage.config.data.image_size
+            size = self._decoder_size()
             noise = jax.random.normal(jax.random.fold_in(key, 1), (1, size, size, 3))
             x_T = jnp.repeat(noise, steps, axis=0)
             opts = dataclasses.replace(opts, decoder_sampler="ddim")
@@ -222,14 +262,15 @@ class UnCLIP:
         opts=None,
     ) -> np.ndarray:
         """Move the image's embedding toward normalize(z_t(to) - z_t(from)) by slerp, with
-        weights 0 ... max_weight, keeping the decoder noise fixed (the paper's text diffs)."""
+        weights 0 ... max_weight, keeping the decoder noise fixed (the paper's text diffs); the
+        image embedding's norm is kept."""
         embed = self.encode_images(image[None])[0]
         text = self.encoder.encode_text([caption_from, caption_to])["text_embed"]
         diff = text[1] - text[0]
         diff = diff / np.linalg.norm(diff)
-        embeds = slerp(embed, diff, np.linspace(0.0, max_weight, steps))
+        embeds = slerp(embed, diff, np.linspace(0.0, max_weight, steps)) * np.linalg.norm(embed)
         opts = opts or SampleOptions()
-        size = self.decoder.stage.config.data.image_size
+        size = self._decoder_size()
         noise = jax.random.normal(jax.random.fold_in(key, 1), (1, size, size, 3))
         x_T = jnp.repeat(noise, steps, axis=0)
         opts = dataclasses.replace(opts, decoder_sampler="ddim")

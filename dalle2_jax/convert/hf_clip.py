@@ -53,6 +53,76 @@ def load_hf_clip(path: str | Path, **config_overrides: Any) -> tuple[CLIPConfig,
     return config, state_dict_to_params(read_state_dict(path), config, str(path))
 
 
+def load_hf_clip_towers(
+    text_path: str | Path, vision_path: str | Path | None = None, **config_overrides: Any
+) -> tuple[CLIPConfig, Params]:
+    """Config and params of the separate towers a diffusers unCLIP folder holds: a
+    `CLIPTextModelWithProjection` folder (`text_encoder/`) and optionally a
+    `CLIPVisionModelWithProjection` one (`image_encoder/`). Their keys are CLIPModel's, so
+    they load into our CLIP; without `vision_path` the vision params are absent (only the
+    text methods can run). `logit_scale`, which neither holds, is the config's initial value.
+    """
+    text_json = _tower_config(text_path, "clip_text_model")
+    hf = {"text_config": text_json, "projection_dim": text_json.get("projection_dim", 512)}
+    state = dict(read_state_dict(text_path))
+    towers = ("text",)
+    if vision_path is not None:
+        hf["vision_config"] = _tower_config(vision_path, "clip_vision_model")
+        state.update(read_state_dict(vision_path))
+        towers = ("text", "vision")
+    config = CLIPConfig.from_hf_config(hf, **config_overrides)
+    source = " + ".join(str(p) for p in (text_path, vision_path) if p is not None)
+    params = state_dict_to_params(state, config, source, towers=towers)
+    params["logit_scale"] = np.array(config.logit_scale_init, np.float32)
+    return config, params
+
+
+def save_hf_clip_towers(
+    params: Params,
+    config: CLIPConfig,
+    text_path: str | Path,
+    vision_path: str | Path | None = None,
+) -> None:
+    """Write `CLIPTextModelWithProjection` (and `CLIPVisionModelWithProjection`) folders:
+    `load_hf_clip_towers` in reverse."""
+    hf = config.to_hf_config()
+    params = nn.unbox(params)
+    for tower, path, arch in (
+        ("text", text_path, "CLIPTextModelWithProjection"),
+        ("vision", vision_path, "CLIPVisionModelWithProjection"),
+    ):
+        if path is None:
+            continue
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        flat = traverse_util.flatten_dict(jax.device_get(params))
+        state = {
+            hf_key(p): np.array(_to_hf(p[-1], np.asarray(x)), np.float32, order="C")
+            for p, x in flat.items()
+            if p[0] in _TOWER_MODULES[tower]
+        }
+        weights.write_safetensors(state, path / "model.safetensors")
+        tower_json = {"architectures": [arch], **hf[f"{tower}_config"]}
+        (path / "config.json").write_text(json.dumps(tower_json, indent=2) + "\n")
+
+
+_TOWER_MODULES = {
+    "text": ("text_model", "text_projection"),
+    "vision": ("vision_model", "visual_projection"),
+}
+
+
+def _tower_config(path: str | Path, model_type: str) -> dict[str, Any]:
+    file = Path(path) / "config.json"
+    if not file.is_file():
+        raise FileNotFoundError(f"No config.json in {path}; expected a HF {model_type} folder.")
+    config = json.loads(file.read_text())
+    found = config.get("model_type", model_type)
+    if found != model_type:
+        raise ValueError(f"{file} has model_type {found!r}, expected {model_type!r}.")
+    return config
+
+
 def read_state_dict(path: str | Path) -> StateDict:
     """All tensors of a checkpoint directory: model.safetensors (optionally sharded with an
     index) or pytorch_model.bin, as numpy arrays."""
@@ -113,11 +183,18 @@ def _hf_shape(leaf: str, shape: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def state_dict_to_params(
-    state: Mapping[str, np.ndarray], config: CLIPConfig, source: str = "the checkpoint"
+    state: Mapping[str, np.ndarray],
+    config: CLIPConfig,
+    source: str = "the checkpoint",
+    towers: tuple[str, ...] | None = None,
 ) -> Params:
     """HF CLIPModel state dict -> our params (float32 numpy). `WeightsMismatchError` (a
-    ValueError) naming the first mismatching key and both shapes when the file does not fit."""
+    ValueError) naming the first mismatching key and both shapes when the file does not fit.
+    `towers` ("text", "vision") restricts the params to those towers (no logit_scale)."""
     expected = traverse_util.flatten_dict(abstract_params(config))
+    if towers is not None:
+        keep = {m for t in towers for m in _TOWER_MODULES[t]}
+        expected = {p: v for p, v in expected.items() if p[0] in keep}
     check_state_dict(
         {hf_key(path): _hf_shape(path[-1], target.shape) for path, target in expected.items()},
         {key: np.shape(value) for key, value in state.items()},

@@ -57,18 +57,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=5, help="images in an interpolation strip")
     p.add_argument("--eval", action="store_true", help="run the shapes evaluation (eval.json)")
     p.add_argument("--eval-per-split", type=int, default=64)
-    for name, kind in (
-        ("prior-steps", int),
-        ("prior-sampler", str),
-        ("prior-guidance", float),
-        ("best-of", int),
-        ("decoder-steps", int),
-        ("decoder-sampler", str),
-        ("decoder-guidance", float),
-        ("upsampler-steps", int),
-        ("upsampler-sampler", str),
-    ):
-        p.add_argument(f"--{name}", type=kind, default=None)
+    SampleOptions.add_arguments(p)
     return p.parse_args(argv)
 
 
@@ -104,7 +93,7 @@ def load_pipeline(args: argparse.Namespace) -> UnCLIP:
 
 
 def run(args: argparse.Namespace) -> None:
-    opts = SampleOptions(**{f: getattr(args, f) for f in SampleOptions.__dataclass_fields__})
+    opts = SampleOptions.from_args(args)
     key = jax.random.key(args.seed)
     if args.eval:
         from dalle2_jax.evaluation.shapes_eval import evaluate_shapes

@@ -60,6 +60,18 @@ class SampleOptions:
     upsampler_steps: int | None = None
     upsampler_sampler: str | None = None
 
+    @classmethod
+    def add_arguments(cls, parser) -> None:
+        """One `--prior-steps`-style flag per field (default None) on an argparse parser."""
+        for field in dataclasses.fields(cls):
+            kind = {"int | None": int, "float | None": float, "str | None": str}[field.type]
+            parser.add_argument(f"--{field.name.replace('_', '-')}", type=kind, default=None)
+
+    @classmethod
+    def from_args(cls, args) -> SampleOptions:
+        """The options parsed by the flags of `add_arguments`."""
+        return cls(**{field.name: getattr(args, field.name) for field in dataclasses.fields(cls)})
+
     def prior(self) -> dict:
         return dict(
             num_steps=self.prior_steps,

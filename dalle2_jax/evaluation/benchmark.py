@@ -1,6 +1,6 @@
 """Zero-shot text-to-image benchmark: FID, KID, FD-DINOv2 and CLIP score of a trained unCLIP.
 
-    python -m dalle2_jax.evaluation.benchmark --workdir runs/unclip \\
+    python -m dalle2_jax.evaluation.benchmark --workdir runs/unclip | --pretrained DIR \\
         --captions annotations/captions_val2014.json --reference coco_val2014_images/ \\
         --num 30000 --out results.json --metrics fid,kid,fd_dinov2,clip_score \\
         --inception-weights pt_inception-2015-12-05-6726825d.pth \\
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import re
 import subprocess
@@ -54,28 +55,20 @@ from dalle2_jax.evaluation.frechet import (
     load_statistics,
 )
 from dalle2_jax.evaluation.image_sets import open_image_set
+from dalle2_jax.pipeline import SampleOptions
 from dalle2_jax.train.mesh import BATCH_AXES, make_mesh
 
 METRICS = ("fid", "kid", "fd_dinov2", "clip_score")
 Generate = Callable[[list[str], jax.Array], np.ndarray]  # captions, key -> uint8 [B, H, W, 3]
-SAMPLE_OPTIONS = (
-    ("prior-steps", int),
-    ("prior-sampler", str),
-    ("prior-guidance", float),
-    ("best-of", int),
-    ("decoder-steps", int),
-    ("decoder-sampler", str),
-    ("decoder-guidance", float),
-    ("upsampler-steps", int),
-    ("upsampler-sampler", str),
-)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m dalle2_jax.evaluation.benchmark", description=__doc__.split("\n\n")[0]
     )
-    p.add_argument("--workdir", required=True, help="unCLIP workdir trained with train.py")
+    model = p.add_mutually_exclusive_group(required=True)
+    model.add_argument("--workdir", help="unCLIP workdir trained with train.py")
+    model.add_argument("--pretrained", help="a diffusers unCLIP folder (Karlo)")
     p.add_argument("--captions", required=True, help="COCO captions .json, .jsonl or .txt")
     p.add_argument("--reference", required=True, help="image folder, source spec, or FID .npz")
     p.add_argument("--num", type=int, required=True, help="images to sample (one per caption)")
@@ -90,8 +83,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--feature-batch-size", type=int, default=64, help="images per feature step")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
-    for name, kind in SAMPLE_OPTIONS:
-        p.add_argument(f"--{name}", type=kind, default=None)
+    SampleOptions.add_arguments(p)
     return p.parse_args(argv)
 
 
@@ -371,17 +363,22 @@ def main(argv: list[str] | None = None, generate: Generate | None = None) -> dic
     check_inputs(args.reference, metrics, args)
     out = Path(args.out)
     samples_dir = Path(args.samples) if args.samples else out.with_name(f"{out.stem}_samples")
-    fields = [name.replace("-", "_") for name, _ in SAMPLE_OPTIONS]
-    sample_options = {field: getattr(args, field) for field in fields}
+    opts = SampleOptions.from_args(args)
     batch_size = args.batch_size
     if generate is None:
-        from dalle2_jax.pipeline import SampleOptions, UnCLIP
+        from dalle2_jax.pipeline import UnCLIP
 
         mesh = make_mesh({"data": -1})
         batch_size = device_batch_size(batch_size, mesh) * jax.process_count()  # all devices
-        pipe = UnCLIP.from_workdir(args.workdir)
-        generate = sharded_generate(pipe, SampleOptions(**sample_options), mesh)
-    settings = {"workdir": str(args.workdir), "captions": str(args.captions), **sample_options}
+        if args.pretrained:
+            pipe = UnCLIP.from_diffusers(args.pretrained)
+        else:
+            pipe = UnCLIP.from_workdir(args.workdir)
+        generate = sharded_generate(pipe, opts, mesh)
+    model = (
+        {"pretrained": str(args.pretrained)} if args.pretrained else {"workdir": str(args.workdir)}
+    )
+    settings = {**model, "captions": str(args.captions), **dataclasses.asdict(opts)}
     samples = sample_images(
         generate,
         captions,

@@ -5,7 +5,6 @@ refused; the decoder with a frozen CLIP in the step; exact resume on photos."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 import shlex
@@ -13,26 +12,19 @@ import subprocess
 import sys
 from pathlib import Path
 
-import flax.linen as nn
 import jax
 import numpy as np
 import pytest
 from PIL import Image
 
-import sample
 from configs import unclip
-from dalle2_jax.cascade import train_cascade
-from dalle2_jax.convert.hf_clip import save_hf_clip
 from dalle2_jax.data.embeddings import EmbeddingShards
 from dalle2_jax.data.sources import open_source
-from dalle2_jax.models.clip import CLIP, dummy_inputs
 from dalle2_jax.precompute import main as precompute_main
 from dalle2_jax.stages import get_stage
 from dalle2_jax.train.loop import train_and_evaluate
 from dalle2_jax.train.metrics import read_metrics
 from tests.data import photos
-from tests.models.presets import tiny_clip
-from tests.test_tokenizer import bytes_to_unicode
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -177,36 +169,3 @@ def test_decoder_on_photos_resumes_exactly(recipe, workdir, tmp_path):
     assert int(resumed.step) == int(straight.step) == 3
     for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(straight), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-
-
-def test_cascade_with_a_pretrained_hf_clip(specs, tmp_path):
-    """--config.clip.hf_checkpoint: no CLIP stage; the prior's and decoder's CLIP widths,
-    caption length and CLIP input size come from the checkpoint (24-d here, not the config's
-    32), and sample.py finds the same CLIP."""
-    chars = list(bytes_to_unicode().values())
-    vocab = [*chars, *(c + "</w>" for c in chars), "<|startoftext|>", "<|endoftext|>"]
-    hf = tmp_path / "hf_clip"
-    config = tiny_clip(
-        text=dataclasses.replace(
-            tiny_clip().text, vocab_size=len(vocab), eos_token_id=len(vocab) - 1
-        ),
-        embed_dim=24,
-    )
-    params = nn.unbox(CLIP(config).init(jax.random.key(0), *dummy_inputs(config)))["params"]
-    save_hf_clip(jax.device_get(params), config, hf)
-    (hf / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
-    (hf / "merges.txt").write_text("#version: 0.2\n")
-
-    cascade = unclip.get_config("all_tiny")
-    cascade.data.train_source = cascade.data.eval_source = specs["folder"]
-    cascade.clip.hf_checkpoint = str(hf)
-    cascade.order, cascade.upsamplers = ["clip", "prior", "decoder"], []  # the CLIP paths only
-    train_cascade(cascade, tmp_path / "run")
-    assert not (tmp_path / "run" / "clip").exists()
-    shards = EmbeddingShards(tmp_path / "run" / "embeddings" / "train")
-    assert shards.meta["embed_dim"] == 24 and shards.meta["image_size"] == 32
-    saved = json.loads((tmp_path / "run" / "decoder" / "config.json").read_text())
-    assert saved["model"]["clip_embed_dim"] == 24
-    out = tmp_path / "dog.png"
-    args = ["--workdir", str(tmp_path / "run"), "--prompt", "a dog", "--out", str(out)]
-    assert sample.main([*args, "--num-images", "1", "--prior-steps", "2"]) == 0

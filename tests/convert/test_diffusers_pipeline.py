@@ -19,6 +19,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -35,13 +36,14 @@ from diffusers import (  # noqa: E402
 from diffusers.pipelines.deprecated.unclip.text_proj import UnCLIPTextProjModel  # noqa: E402
 from diffusers.schedulers import scheduling_unclip  # noqa: E402
 
+from dalle2_jax import diffusion  # noqa: E402
+from dalle2_jax.convert import diffusers_model_fns as fns  # noqa: E402
 from dalle2_jax.pipeline import SampleOptions, UnCLIP  # noqa: E402
 from dalle2_jax.pretrained import split_key  # noqa: E402
 from tests.test_tokenizer import bytes_to_unicode  # noqa: E402
 
 PROMPTS = ["a photo of a corgi", "red"]
 PRIOR_STEPS, DECODER_STEPS, SUPER_RES_STEPS = 25, 25, 7  # the pipeline's defaults
-DECODER_GUIDANCE = 1.0
 SUPER_RES = dict(
     sample_size=64,
     layers_per_block=1,
@@ -144,21 +146,17 @@ def karlo(tmp_path_factory) -> SimpleNamespace:
     ours = UnCLIP.from_diffusers(root / "karlo", devices=jax.devices()[:1])
     key = jax.random.key(0)
     k_prior, k_decoder = jax.random.split(key)  # as UnCLIP.text_to_image splits it
-    opts = SampleOptions(decoder_guidance=DECODER_GUIDANCE)
+    opts = SampleOptions()  # diffusers' defaults: guidance 4 (prior) and 8 (decoder)
     embed, text = ours.image_embeddings(PROMPTS, k_prior, opts)
     images = ours.decode(embed, text, k_decoder, opts)
     # decode(): the decoder samples with split(key)[1], the super-res with fold_in(key, 0).
     k_up, k_dec = jax.random.split(k_decoder)
-    small = ours.decoder.stage.sample(
-        ours.decoder.params, ours._decoder_cond(embed, text), k_dec, **opts.decoder()
-    )
     return SimpleNamespace(
         root=root,
         theirs=theirs,
         ours=ours,
         keys=(k_prior, k_dec, jax.random.fold_in(k_up, 0)),
         embed=np.asarray(embed),
-        small=np.asarray(small),
         images=np.asarray(images),
     )
 
@@ -174,8 +172,8 @@ def draws(key, shape: tuple[int, ...], steps: int) -> tuple[np.ndarray, list[np.
 
 
 def run_diffusers(pipe: UnCLIPPipeline, keys, monkeypatch) -> dict[str, np.ndarray]:
-    """diffusers' pipeline on PROMPTS from our noise; also its image embeddings and the
-    decoder's final sample, recorded on the way."""
+    """diffusers' pipeline on PROMPTS from our noise, at its default guidance; also its image
+    embeddings and the upscaled decoder image that super-res reads, recorded on the way."""
     b, d = len(PROMPTS), pipe.prior.config.embedding_dim
     s, big = pipe.decoder.config.sample_size, pipe.super_res_first.config.sample_size
     prior_x, prior_z = draws(keys[0], (b, d), PRIOR_STEPS)
@@ -209,7 +207,6 @@ def run_diffusers(pipe: UnCLIPPipeline, keys, monkeypatch) -> dict[str, np.ndarr
             prior_latents=torch.from_numpy(prior_x),
             decoder_latents=torch.from_numpy(dec_x),
             super_res_latents=torch.from_numpy(sr_x),
-            decoder_guidance_scale=DECODER_GUIDANCE,
             output_type="np",
         ).images
     finally:
@@ -223,20 +220,118 @@ def max_abs(a, b) -> float:
     return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
 
 
+def errors(ours, theirs) -> dict[str, float]:
+    """Max, 99th percentile, median and mean of |ours - theirs|."""
+    d = np.abs(np.asarray(ours, np.float64) - np.asarray(theirs, np.float64))
+    q99, median = np.percentile(d, [99, 50])
+    return {"max": float(d.max()), "p99": float(q99), "median": float(median), "mean": d.mean()}
+
+
+def final_image(images) -> np.ndarray:
+    """Our [-1, 1] images as diffusers' output_type="np": [0, 1], clamped."""
+    return np.clip(np.asarray(images) * 0.5 + 0.5, 0, 1)
+
+
 def test_text_to_image_matches_the_diffusers_pipeline(karlo, monkeypatch):
+    """At diffusers' default guidance (prior 4, decoder 8), from the same noise.
+
+    The tolerances come from running diffusers' own pipeline in float32 and in float64 from the
+    same noise (docs/pretrained.md): with these random weights the guided decoder loop is
+    chaotic (scale 8 multiplies each step's rounding, which 25 steps compound) and the first
+    super-res step divides the U-Net's rounding by sqrt(alphas_cumprod[999]) ~ 3e-4 before
+    clipping x0, so diffusers in float32 differs from itself in float64 by up to 0.71 (median
+    5e-4, mean 0.016) on the final image, and by up to 3.4e-3 (mean 2e-5) at decoder guidance 1.
+    So: the image embeddings to 1e-4 max; super-res, fed diffusers' own upscaled decoder image,
+    by percentiles; the whole pipeline by its median and mean (a wrong guidance scale moves the
+    mean by 0.25).
+    """
     theirs = run_diffusers(karlo.theirs, karlo.keys, monkeypatch)
-    upscaled = jax.image.resize(
-        karlo.small, (len(PROMPTS), 64, 64, 3), method="bicubic", antialias=True
+    # Our super-res loop from diffusers' upscaled decoder image (its low-res input, which may
+    # overshoot [-1, 1]: the stage clamps the decoder's image before resizing, not after, so
+    # this calls the stage's model function and loop directly; our resize is the identity here).
+    stage, params = karlo.ours.upsamplers[0].stage, karlo.ours.upsamplers[0].params
+    upscaled = jnp.asarray(theirs["upscaled"].transpose(0, 2, 3, 1))
+    model_fn = fns.super_res_model_fn(
+        (stage.first, params["first"]), (stage.last, params["last"]), upscaled
     )
-    errors = {
-        "image embeddings": max_abs(karlo.embed, theirs["embed"]),
-        "decoder (upscaled)": max_abs(
-            np.asarray(upscaled).transpose(0, 3, 1, 2), theirs["upscaled"]
-        ),
-        "final image": max_abs(np.clip(karlo.images * 0.5 + 0.5, 0, 1), theirs["images"]),
+    k_latent, k_steps = split_key(karlo.keys[2])
+    x_T = jax.random.normal(k_latent, upscaled.shape)
+    ours_sr = jax.jit(
+        lambda x: diffusion.unclip_sample_loop(
+            stage.scheduler, model_fn, x, k_steps, num_steps=SUPER_RES_STEPS
+        )
+    )(x_T)
+    found = {
+        "image embeddings": errors(karlo.embed, theirs["embed"]),
+        "super-res from their decoder": errors(final_image(ours_sr), theirs["images"]),
+        "final image": errors(final_image(karlo.images), theirs["images"]),
     }
-    print({k: f"{v:.1e}" for k, v in errors.items()})
+    print({k: {s: f"{v:.1e}" for s, v in e.items()} for k, e in found.items()})
     assert karlo.images.shape == (len(PROMPTS), 64, 64, 3)
     assert np.std(theirs["upscaled"]) > 0.05  # not a constant image
-    assert errors["image embeddings"] <= 1e-4
-    assert errors["decoder (upscaled)"] <= 1e-4
+    assert found["image embeddings"]["max"] <= 1e-4
+    sr = found["super-res from their decoder"]
+    assert sr["max"] <= 1e-2 and sr["p99"] <= 1e-3 and sr["mean"] <= 1e-5
+    final = found["final image"]
+    assert final["median"] <= 1e-2 and final["mean"] <= 0.08
+
+
+def test_export_round_trip(karlo):
+    """`save_diffusers` -> every component back through its own diffusers / transformers
+    `from_pretrained` (equal weights and configs, and the same pipeline output from the same
+    generator), and -> `UnCLIP.from_diffusers` (equal params). diffusers 0.42.1's
+    `UnCLIPPipeline.from_pretrained` looks `UnCLIPTextProjModel` up at diffusers' top level,
+    where it is not (not even for the folder diffusers itself saves), so the pipeline is built
+    from its components."""
+    out = karlo.root / "exported"
+    karlo.ours.save_diffusers(out)
+    index = json.loads((out / "model_index.json").read_text())
+    classes = {
+        "UnCLIPTextProjModel": UnCLIPTextProjModel,
+        **{c.__name__: c for c in (PriorTransformer, UNet2DConditionModel, UNet2DModel)},
+        "UnCLIPScheduler": UnCLIPScheduler,
+    }
+    components = {}
+    for name, entry in index.items():
+        if name.startswith("_"):
+            continue
+        library, cls = entry
+        cls = getattr(transformers, cls) if library == "transformers" else classes[cls]
+        components[name] = cls.from_pretrained(out / name)
+    back = UnCLIPPipeline(**components)
+    theirs = karlo.theirs
+    modules = ("text_encoder", "prior", "text_proj", "decoder", "super_res_first")
+    for name in (*modules, "super_res_last"):
+        a, b = getattr(theirs, name), getattr(back, name)
+        assert type(a) is type(b), name
+        sa, sb = a.state_dict(), b.state_dict()
+        assert sorted(sa) == sorted(sb), name
+        assert all(torch.equal(sa[k], sb[k]) for k in sa), name
+    values = lambda config: {k: v for k, v in config.items() if not k.startswith("_")}
+    for name in ("prior_scheduler", "decoder_scheduler", "super_res_scheduler"):
+        assert values(getattr(back, name).config) == values(getattr(theirs, name).config), name
+
+    def short_run(pipe):  # every stage, few steps, the same generator
+        return pipe(
+            PROMPTS,
+            prior_num_inference_steps=3,
+            decoder_num_inference_steps=3,
+            super_res_num_inference_steps=2,
+            generator=torch.Generator().manual_seed(0),
+            output_type="np",
+        ).images
+
+    assert np.array_equal(short_run(back), short_run(theirs))
+
+    again = UnCLIP.from_diffusers(out, devices=jax.devices()[:1])
+    pairs = [
+        (karlo.ours.encoder.params, again.encoder.params),
+        (karlo.ours.prior.params, again.prior.params),
+        (karlo.ours.decoder.params, again.decoder.params),
+        (karlo.ours.upsamplers[0].params, again.upsamplers[0].params),
+    ]
+    for original, reloaded in pairs:
+        assert jax.tree.structure(original) == jax.tree.structure(reloaded)
+        assert max(jax.tree.leaves(jax.tree.map(max_abs, original, reloaded))) == 0.0
+    assert again.prior.stage.scheduler == karlo.ours.prior.stage.scheduler
+    assert again.upsamplers[0].stage.first == karlo.ours.upsamplers[0].stage.first

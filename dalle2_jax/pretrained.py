@@ -317,8 +317,10 @@ class DiffusersSuperRes(PretrainedStage):
         )
 
     def sample(self, params, cond, key, **options) -> jax.Array:
-        """Images [B, S, S, 3] (not clamped, as diffusers leaves them) from `cond["low_res"]`
-        [B, h, w, 3]. Options: num_steps (sampler "unclip" only)."""
+        """Images [B, S, S, 3] (not clamped, as diffusers leaves them) from the decoder's image
+        `cond["low_res"]` [B, h, w, 3], clamped to [-1, 1] and then resized (an image already
+        resized would be clamped after its resize, which diffusers does not do). Options:
+        num_steps (sampler "unclip" only)."""
         opts = self.sample_options(**options)
         low_res = self.place(jnp.asarray(cond["low_res"], jnp.float32))
         return self._sample(params, low_res, key, num_steps=int(opts["num_steps"]))

@@ -6,8 +6,11 @@ from here): `prior/` (`diffusers_prior`), `decoder/` + `text_proj/` and `super_r
 `super_res_last/` (`diffusers_unet`), `text_encoder/` and `image_encoder/` (`hf_clip`'s
 tower loader), `tokenizer/` (CLIP BPE), and the three `*_scheduler/scheduler_config.json`
 (`UnCLIPSchedulerConfig`). The first missing folder or file is named before anything loads.
-Export writes the same layout with `model_index.json`, which `UnCLIPPipeline.from_pretrained`
-loads; the tokenizer and feature extractor (no weights) are copied from the source folder.
+Export writes the same layout with `model_index.json`; the tokenizer and feature extractor (no
+weights) are copied from the source folder. Each component loads back with its own class's
+`from_pretrained`; diffusers 0.42.1's `UnCLIPPipeline.from_pretrained` loads no unCLIP folder,
+not even its own (it looks `UnCLIPTextProjModel` up at the package top level), so build the
+pipeline from the components (docs/pretrained.md).
 """
 
 from __future__ import annotations

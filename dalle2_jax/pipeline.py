@@ -117,8 +117,10 @@ class UnCLIP:
         return pipe
 
     def save_diffusers(self, path: str | Path) -> None:
-        """Write this pipeline (loaded by `from_diffusers`) as a diffusers unCLIP folder that
-        `UnCLIPPipeline.from_pretrained` loads."""
+        """Write this pipeline (loaded by `from_diffusers`) as a diffusers unCLIP folder. Each
+        component loads with its own class's `from_pretrained` (diffusers 0.42.1's
+        `UnCLIPPipeline.from_pretrained` loads no unCLIP folder, not even its own: build the
+        pipeline from the components, docs/pretrained.md#export)."""
         from dalle2_jax.convert.diffusers_unclip import save_unclip
 
         if self.source is None or len(self.upsamplers) != 1:

@@ -94,7 +94,7 @@ def init_params(stage: Stage, seed: int = 0) -> Any:
         elif name == "scale":
             value = np.ones(leaf.shape)
         else:
-            fan_in = int(np.prod(leaf.shape[:-1])) if len(leaf.shape) > 1 else leaf.shape[-1]
+            fan_in = int(np.prod(leaf.shape[:-1])) if len(leaf.shape) > 1 else sum(leaf.shape)
             value = rng.standard_normal(leaf.shape) / np.sqrt(max(fan_in, 1))
         return jnp.asarray(value, leaf.dtype)
 

@@ -100,11 +100,13 @@ def train_rate(stage: str, spec: str, workdir: Path, batch: int | None, steps: i
         config.workdir = str(workdir)
     runner = TrainRunner(config)
     info = runner.setup()
-    seconds = statistics.median(runner.run(steps + 1)[1:])
+    runner.run(1)  # warm-up
+    walls, cpus = zip(*(timed(lambda: runner.run(1)) for _ in range(steps)), strict=True)
+    seconds = statistics.median(walls), statistics.median(cpus)
     return {
         "batch": config.batch_size,
         "params": info["params"],
-        "rate": config.batch_size / seconds,
+        **rates(config.batch_size, seconds),
     }
 
 
@@ -118,41 +120,42 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+HEADER = f"{'command':<18} {'batch':>5} {'examples/s':>11} {'h / 1M examples':>16} {'CPU s/ex':>9}"
+
+
+def report(row: dict) -> dict:
+    """Adds hours per million examples and prints the row (as soon as it is measured)."""
+    row["hours_per_million"] = 1e6 / row["rate"] / 3600
+    print(
+        f"{row['command']:<18} {row.get('batch', ''):>5} {row['rate']:>11.2f} "
+        f"{row['hours_per_million']:>16.1f} {row['cpu_s_per_example']:>9.3f}",
+        flush=True,
+    )
+    return row
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
     load = os.getloadavg()
+    print(f"device: {device_info()}\nload average: {load}\n{HEADER}", flush=True)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         (tmp / "wds").mkdir()
         per_shard = max(1, args.examples // 2)
         pattern = write_shards(tmp / "wds", 2, per_shard, 256)
-        rows.append(
-            {"command": "to_array_record", **conversion_rate(pattern, tmp / "ar", 2 * per_shard)}
-        )
+        rate = conversion_rate(pattern, tmp / "ar", 2 * per_shard)
+        rows.append(report({"command": "to_array_record", **rate}))
         spec = f"array_record:{tmp / 'ar'}/*.array_record:256"
         rate = precompute_rate(spec, tmp / "pre", args.examples, batch=args.batch or 64)
-        rows.append({"command": "precompute", **rate})
+        rows.append(report({"command": "precompute", **rate}))
         for stage in args.stages.split(","):
             row = train_rate(stage, spec, tmp / stage, args.batch, args.steps)
-            rows.append({"command": f"train:{stage}", **row})
-    for row in rows:
-        row["hours_per_million"] = 1e6 / row["rate"] / 3600
-    device = device_info()
-    print(f"device: {device}")
-    print(f"load average before: {load}, after: {os.getloadavg()}")
-    print(
-        f"{'command':<18} {'batch':>5} {'examples/s':>11} {'h / 1M examples':>16} {'CPU s/ex':>9}"
-    )
-    for r in rows:
-        batch = r.get("batch", "")
-        print(
-            f"{r['command']:<18} {batch:>5} {r['rate']:>11.2f} {r['hours_per_million']:>16.1f} "
-            f"{r['cpu_s_per_example']:>9.3f}"
-        )
+            rows.append(report({"command": f"train:{stage}", **row}))
+    print(f"load average after: {os.getloadavg()}")
     if args.out:
-        report = {"device": device, "load_average": [load, os.getloadavg()], "rows": rows}
-        Path(args.out).write_text(json.dumps(report, indent=2))
+        result = {"device": device_info(), "load_average": [load, os.getloadavg()], "rows": rows}
+        Path(args.out).write_text(json.dumps(result, indent=2))
     return rows
 
 

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
@@ -336,3 +337,26 @@ def test_export_round_trip(karlo):
         assert max(jax.tree.leaves(jax.tree.map(max_abs, original, reloaded))) == 0.0
     assert again.prior.stage.scheduler == karlo.ours.prior.stage.scheduler
     assert again.upsamplers[0].stage.first == karlo.ours.upsamplers[0].stage.first
+
+
+def test_sample_py_pretrained_writes_the_grid(karlo, monkeypatch, tmp_path):
+    """`sample.py --pretrained DIR` samples the folder's pipeline with diffusers' defaults and
+    writes the grid (the pipeline loaded above stands in for its reload: same folder, and the
+    programs it compiled are reused)."""
+    import sample
+
+    loaded = []
+
+    def from_diffusers(path, **kwargs):
+        loaded.append(Path(path))
+        return karlo.ours
+
+    monkeypatch.setattr(UnCLIP, "from_diffusers", staticmethod(from_diffusers))
+    out = tmp_path / "corgi.png"
+    args = ["--pretrained", str(karlo.root / "karlo"), "--prompt", PROMPTS[0], "--out", str(out)]
+    assert sample.main([*args, "--num-images", "2", "--out-dir", str(tmp_path / "each")]) == 0
+    assert loaded == [karlo.root / "karlo"]
+    size = karlo.images.shape[1]
+    assert len(list((tmp_path / "each").glob("*.png"))) == 2
+    with Image.open(out) as grid:
+        assert grid.size[0] >= 2 * size

@@ -24,6 +24,7 @@ from flax import traverse_util
 
 from dalle2_jax.convert import weights
 from dalle2_jax.convert.keys import check_state_dict
+from dalle2_jax.convert.weights import flax_to_torch, torch_shape, torch_to_flax
 from dalle2_jax.models.clip import CLIP, CLIPConfig, dummy_inputs
 
 Params = dict[str, Any]
@@ -97,7 +98,7 @@ def save_hf_clip_towers(
         path.mkdir(parents=True, exist_ok=True)
         flat = traverse_util.flatten_dict(jax.device_get(params))
         state = {
-            hf_key(p): np.array(_to_hf(p[-1], np.asarray(x)), np.float32, order="C")
+            hf_key(p): np.array(flax_to_torch(p[-1], np.asarray(x)), np.float32, order="C")
             for p, x in flat.items()
             if p[0] in _TOWER_MODULES[tower]
         }
@@ -151,35 +152,10 @@ def hf_key(path: tuple[str, ...]) -> str:
     return ".".join([*modules, leaf])  # bare parameters: class_embedding, logit_scale
 
 
-def _to_ours(leaf: str, x: np.ndarray) -> np.ndarray:
-    if leaf == "kernel" and x.ndim == 2:  # torch Linear [out, in] -> [in, out]
-        return x.T
-    if leaf == "kernel" and x.ndim == 4:  # torch Conv2d OIHW -> HWIO
-        return x.transpose(2, 3, 1, 0)
-    return x
-
-
-def _to_hf(leaf: str, x: np.ndarray) -> np.ndarray:
-    if leaf == "kernel" and x.ndim == 2:
-        return x.T
-    if leaf == "kernel" and x.ndim == 4:
-        return x.transpose(3, 2, 0, 1)
-    return x
-
-
 def abstract_params(config: CLIPConfig) -> Params:
     """Shapes and dtypes of the model's params (no memory, no compute)."""
     variables = jax.eval_shape(lambda: CLIP(config).init(jax.random.key(0), *dummy_inputs(config)))
     return nn.unbox(variables)["params"]
-
-
-def _hf_shape(leaf: str, shape: tuple[int, ...]) -> tuple[int, ...]:
-    """The shape a parameter of ours has in the HF file (`_to_hf` on shapes)."""
-    if leaf == "kernel" and len(shape) == 2:
-        return shape[::-1]
-    if leaf == "kernel" and len(shape) == 4:
-        return (shape[3], shape[2], shape[0], shape[1])
-    return tuple(shape)
 
 
 def state_dict_to_params(
@@ -196,7 +172,7 @@ def state_dict_to_params(
         keep = {m for t in towers for m in _TOWER_MODULES[t]}
         expected = {p: v for p, v in expected.items() if p[0] in keep}
     check_state_dict(
-        {hf_key(path): _hf_shape(path[-1], target.shape) for path, target in expected.items()},
+        {hf_key(path): torch_shape(path[-1], target.shape) for path, target in expected.items()},
         {key: np.shape(value) for key, value in state.items()},
         source,
         target="this CLIP config",
@@ -205,7 +181,9 @@ def state_dict_to_params(
     )
     # np.array copies into C order; np.ascontiguousarray would turn 0-d into 1-d.
     params = {
-        path: np.array(_to_ours(path[-1], np.asarray(state[hf_key(path)])), np.float32, order="C")
+        path: np.array(
+            torch_to_flax(path[-1], np.asarray(state[hf_key(path)])), np.float32, order="C"
+        )
         for path in expected
     }
     return traverse_util.unflatten_dict(params)
@@ -224,6 +202,6 @@ def params_to_state_dict(params: Params, config: CLIPConfig) -> StateDict:
             f"{sorted('/'.join(p) for p in set(flat) - set(expected))}."
         )
     return {
-        hf_key(path): np.array(_to_hf(path[-1], np.asarray(x)), np.float32, order="C")
+        hf_key(path): np.array(flax_to_torch(path[-1], np.asarray(x)), np.float32, order="C")
         for path, x in flat.items()
     }

@@ -24,6 +24,7 @@ from flax import traverse_util
 
 from dalle2_jax.convert.hf_clip import read_state_dict
 from dalle2_jax.convert.keys import check_state_dict
+from dalle2_jax.convert.weights import torch_shape, torch_to_flax
 from dalle2_jax.models.dinov2 import Dinov2Config, Dinov2Model, dummy_images
 
 Params = dict[str, Any]
@@ -96,28 +97,11 @@ def to_hub_layout(state: Mapping[str, np.ndarray]) -> StateDict:
     return out
 
 
-def _to_ours(leaf: str, x: np.ndarray) -> np.ndarray:
-    if leaf == "kernel" and x.ndim == 2:  # torch Linear [out, in] -> [in, out]
-        return x.T
-    if leaf == "kernel" and x.ndim == 4:  # torch Conv2d OIHW -> HWIO
-        return x.transpose(2, 3, 1, 0)
-    return x
-
-
 def abstract_params(config: Dinov2Config) -> Params:
     """Shapes and dtypes of the model's params (no memory, no compute)."""
     images = dummy_images(config, size=config.patch_size)
     variables = jax.eval_shape(lambda: Dinov2Model(config).init(jax.random.key(0), images))
     return nn.unbox(variables)["params"]
-
-
-def _hub_shape(leaf: str, shape: tuple[int, ...]) -> tuple[int, ...]:
-    """The shape of one of our params in the file's (torch) layout."""
-    if leaf == "kernel" and len(shape) == 2:
-        return shape[::-1]
-    if leaf == "kernel" and len(shape) == 4:  # HWIO -> OIHW
-        return (shape[3], shape[2], shape[0], shape[1])
-    return tuple(shape)
 
 
 def state_dict_to_params(
@@ -128,7 +112,7 @@ def state_dict_to_params(
     state = to_hub_layout(state)
     expected = traverse_util.flatten_dict(abstract_params(config))
     check_state_dict(
-        {hub_key(p): _hub_shape(p[-1], t.shape) for p, t in expected.items()},
+        {hub_key(p): torch_shape(p[-1], t.shape) for p, t in expected.items()},
         {k: v.shape for k, v in state.items()},
         source,
         target="the DINOv2 of its config.json",
@@ -136,7 +120,7 @@ def state_dict_to_params(
         "Dinov2WithRegistersModel checkpoint).",
     )
     params = {
-        path: np.array(_to_ours(path[-1], state[hub_key(path)]), np.float32, order="C")
+        path: np.array(torch_to_flax(path[-1], state[hub_key(path)]), np.float32, order="C")
         for path in expected
     }
     return traverse_util.unflatten_dict(params)

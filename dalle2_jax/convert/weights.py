@@ -87,3 +87,31 @@ __all__ = [
     "read_torch_bin",
     "write_safetensors",
 ]
+
+
+def torch_to_flax(leaf: str, x: np.ndarray) -> np.ndarray:
+    """A torch tensor in our layout: Linear [out, in] -> Dense kernel [in, out], Conv2d OIHW ->
+    Conv kernel HWIO; everything else as is."""
+    if leaf == "kernel" and x.ndim == 2:
+        return x.T
+    if leaf == "kernel" and x.ndim == 4:
+        return x.transpose(2, 3, 1, 0)
+    return x
+
+
+def flax_to_torch(leaf: str, x: np.ndarray) -> np.ndarray:
+    """The inverse of `torch_to_flax`."""
+    if leaf == "kernel" and x.ndim == 2:
+        return x.T
+    if leaf == "kernel" and x.ndim == 4:
+        return x.transpose(3, 2, 0, 1)
+    return x
+
+
+def torch_shape(leaf: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape one of our params has in the torch file (`flax_to_torch` on shapes)."""
+    if leaf == "kernel" and len(shape) == 2:
+        return tuple(shape[::-1])
+    if leaf == "kernel" and len(shape) == 4:
+        return (shape[3], shape[2], shape[0], shape[1])
+    return tuple(shape)

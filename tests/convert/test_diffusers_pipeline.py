@@ -42,19 +42,14 @@ from dalle2_jax import diffusion  # noqa: E402
 from dalle2_jax.convert import diffusers_model_fns as fns  # noqa: E402
 from dalle2_jax.pipeline import SampleOptions, UnCLIP  # noqa: E402
 from dalle2_jax.pretrained import split_key  # noqa: E402
+from tests.convert.test_diffusers_unet import DECODERS, SUPER_RES  # noqa: E402
 from tests.test_tokenizer import bytes_to_unicode  # noqa: E402
 
 PROMPTS = ["a photo of a corgi", "red"]
+# diffusers' own tiny unCLIP test components, as the component parity tests build them.
+DECODER, TEXT_PROJ = DECODERS["diffusers_test"]
+(_, SUPER_RES_FIRST), (_, SUPER_RES_LAST) = SUPER_RES["first"], SUPER_RES["last"]
 PRIOR_STEPS, DECODER_STEPS, SUPER_RES_STEPS = 25, 25, 7  # the pipeline's defaults
-SUPER_RES = dict(
-    sample_size=64,
-    layers_per_block=1,
-    down_block_types=("ResnetDownsampleBlock2D",) * 2,
-    up_block_types=("ResnetUpsampleBlock2D",) * 2,
-    block_out_channels=(32, 64),
-    in_channels=6,
-    out_channels=3,
-)
 
 
 def perturbed(model: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -96,20 +91,6 @@ def tiny_pipeline(root: Path) -> UnCLIPPipeline:
         pad_token_id=1,
         vocab_size=1000,
     )
-    decoder = dict(
-        sample_size=32,
-        in_channels=3,
-        out_channels=6,
-        down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
-        up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
-        mid_block_type="UNetMidBlock2DSimpleCrossAttn",
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        cross_attention_dim=100,
-        attention_head_dim=4,
-        resnet_time_scale_shift="scale_shift",
-        class_embed_type="identity",
-    )
     return UnCLIPPipeline(
         text_encoder=seeded(0, lambda: transformers.CLIPTextModelWithProjection(text_config)),
         tokenizer=tiny_tokenizer(root / "vocab"),
@@ -121,13 +102,11 @@ def tiny_pipeline(root: Path) -> UnCLIPPipeline:
         ),
         text_proj=seeded(
             2,
-            lambda: UnCLIPTextProjModel(
-                clip_embeddings_dim=32, time_embed_dim=128, cross_attention_dim=100
-            ),
+            lambda: UnCLIPTextProjModel(**TEXT_PROJ),
         ),
-        decoder=seeded(3, lambda: UNet2DConditionModel(**decoder)),
-        super_res_first=seeded(4, lambda: UNet2DModel(**SUPER_RES)),
-        super_res_last=seeded(5, lambda: UNet2DModel(**SUPER_RES, add_attention=False)),
+        decoder=seeded(3, lambda: UNet2DConditionModel(**DECODER)),
+        super_res_first=seeded(4, lambda: UNet2DModel(**SUPER_RES_FIRST)),
+        super_res_last=seeded(5, lambda: UNet2DModel(**SUPER_RES_LAST)),
         prior_scheduler=UnCLIPScheduler(
             variance_type="fixed_small_log", prediction_type="sample", clip_sample_range=5.0
         ),

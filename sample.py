@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> None:
     opts = SampleOptions.from_args(args)
     key = jax.random.key(args.seed)
     if args.eval:
-        from dalle2_jax.evaluation.shapes_eval import evaluate_shapes
+        from dalle2_jax.evaluation.shapes_eval import evaluate_shapes, trained_geometry
 
         if args.pretrained:
             raise ValueError("--eval scores the shapes demo; it needs --workdir.")
@@ -106,6 +106,7 @@ def run(args: argparse.Namespace) -> None:
             encoder=pipe.encoder,
             num_per_split=args.eval_per_split,
             seed=args.seed,
+            geometry=trained_geometry(pipe),
         )
         Path(args.out).write_text(json.dumps(result, indent=2))
         print(json.dumps(result, indent=2))

@@ -8,6 +8,9 @@ are computed from the workdir's trained CLIP stage on first use):
     python train.py --config configs/shapes.py:STAGE --workdir runs/shapes
     STAGE = clip | prior | decoder | upsampler
 Variants with "_tiny" (and "all_tiny") run a few steps of very small models, for tests.
+The scenes' geometry is "large" (objects a decoder learns to draw within the CPU budget);
+"hard" variants (`:hard`, `:decoder_hard`, ...) train on the "small" geometry instead, the
+harder benchmark (`data.shapes_scene.GEOMETRIES`).
 Cost and results on a 2-core CPU: docs/demo.md (the full log: docs/demo-log.md).
 """
 
@@ -17,18 +20,25 @@ from configs import common, prior_paper
 from dalle2_jax.evaluation.shapes_eval import sample_prompts
 
 SEED = 0  # one seed for every stage: the decoder pairs embeddings and images by index
+GEOMETRY = "large"  # the demo's; HARD_GEOMETRY for the "hard" variants
+HARD_GEOMETRY = "small"
 CLIP_SIZE = 32
 EMBED_DIM = 128
 TEXT_LEN = 40
 
 
-def embeddings_config(tiny: bool = False) -> ml_collections.ConfigDict:
+def spec(split: str, size: int, geometry: str, kind: str = "shapes", tail: str = "") -> str:
+    """The shapes source spec of `split` at `size` px in `geometry` (`data.sources`)."""
+    return f"{kind}:{split}:{size}:{SEED}{tail}:{geometry}"
+
+
+def embeddings_config(tiny: bool = False, geometry: str = GEOMETRY) -> ml_collections.ConfigDict:
     """Which CLIP embeddings of the shapes dataset the prior and decoder train on: the first
     num_train / num_eval examples of each source, as CLIP sees them at image_size."""
     return ml_collections.ConfigDict(
         {
-            "train_source": f"shapes:train:{CLIP_SIZE}:{SEED}",
-            "eval_source": f"shapes:eval:{CLIP_SIZE}:{SEED}",
+            "train_source": spec("train", CLIP_SIZE, geometry),
+            "eval_source": spec("eval", CLIP_SIZE, geometry),
             "image_size": CLIP_SIZE,
             "num_train": 64 if tiny else 20_000,
             "num_eval": 16 if tiny else 512,
@@ -38,7 +48,7 @@ def embeddings_config(tiny: bool = False) -> ml_collections.ConfigDict:
     )
 
 
-def clip_config(tiny: bool = False) -> ml_collections.ConfigDict:
+def clip_config(tiny: bool = False, geometry: str = GEOMETRY) -> ml_collections.ConfigDict:
     config = common.base_config()
     config.stage = "clip"
     config.seed = SEED
@@ -54,9 +64,9 @@ def clip_config(tiny: bool = False) -> ml_collections.ConfigDict:
             "tokenizer": "",  # "": a caption BPE trained on train_source's captions
             # Each training scene comes with a sibling of another shape (data.shapes_negatives):
             # a random batch gives shape almost no contrastive pressure.
-            "train_source": f"shapes_negatives:train:{CLIP_SIZE}:{SEED}:2:shape",
-            "eval_source": f"shapes:eval:{CLIP_SIZE}:{SEED}",  # held-out color-shape pairs
-            "eval_seen_source": f"shapes:eval_seen:{CLIP_SIZE}:{SEED}",  # pairs seen in training
+            "train_source": spec("train", CLIP_SIZE, geometry, "shapes_negatives", ":2:shape"),
+            "eval_source": spec("eval", CLIP_SIZE, geometry),  # held-out color-shape pairs
+            "eval_seen_source": spec("eval_seen", CLIP_SIZE, geometry),  # pairs seen in training
             "shuffle": True,
             "num_threads": 2,
         }
@@ -115,10 +125,10 @@ def clip_config(tiny: bool = False) -> ml_collections.ConfigDict:
     return config
 
 
-def prior_config(tiny: bool = False) -> ml_collections.ConfigDict:
+def prior_config(tiny: bool = False, geometry: str = GEOMETRY) -> ml_collections.ConfigDict:
     config = prior_paper.base_prior_config()
     config.seed = SEED
-    config.embeddings = embeddings_config(tiny)
+    config.embeddings = embeddings_config(tiny, geometry)
     config.mesh = common.base_config().mesh
     config.num_steps = 1000
     config.batch_size = 128
@@ -161,11 +171,11 @@ def prior_config(tiny: bool = False) -> ml_collections.ConfigDict:
     return config
 
 
-def decoder_config(tiny: bool = False) -> ml_collections.ConfigDict:
+def decoder_config(tiny: bool = False, geometry: str = GEOMETRY) -> ml_collections.ConfigDict:
     config = common.base_config()
     config.stage = "decoder"
     config.seed = SEED
-    config.embeddings = embeddings_config(tiny)
+    config.embeddings = embeddings_config(tiny, geometry)
     config.num_steps = 1000
     config.batch_size = 32
     config.log_every = 20
@@ -237,7 +247,7 @@ def decoder_config(tiny: bool = False) -> ml_collections.ConfigDict:
     return config
 
 
-def upsampler_config(tiny: bool = False) -> ml_collections.ConfigDict:
+def upsampler_config(tiny: bool = False, geometry: str = GEOMETRY) -> ml_collections.ConfigDict:
     config = common.base_config()
     config.stage = "upsampler"
     config.seed = SEED
@@ -251,8 +261,8 @@ def upsampler_config(tiny: bool = False) -> ml_collections.ConfigDict:
             "crop_size": 16,  # training crops: a quarter of the target, as in the paper
             "factor": 2,  # 32 px decoder output -> 64 px
             "augment": "blur",  # "blur" (64->256), "bsr" (256->1024) or "none"
-            "train_source": f"shapes:train:64:{SEED}",  # read at image_size
-            "eval_source": f"shapes:eval:64:{SEED}",
+            "train_source": spec("train", 64, geometry),  # read at image_size
+            "eval_source": spec("eval", 64, geometry),
             "shuffle": True,
             "num_threads": 2,
         }
@@ -307,7 +317,7 @@ def _shrink(config: ml_collections.ConfigDict) -> None:
         config.eval.num_examples = min(config.eval.num_examples, 8)
 
 
-def all_config(tiny: bool = False) -> ml_collections.ConfigDict:
+def all_config(tiny: bool = False, geometry: str = GEOMETRY) -> ml_collections.ConfigDict:
     """Every stage in order, then samples.png and eval.json."""
     config = ml_collections.ConfigDict()
     config.cascade = True
@@ -316,10 +326,10 @@ def all_config(tiny: bool = False) -> ml_collections.ConfigDict:
     config.upsamplers = ["upsampler"]
     config.stages = ml_collections.ConfigDict(
         {
-            "clip": clip_config(tiny),
-            "prior": prior_config(tiny),
-            "decoder": decoder_config(tiny),
-            "upsampler": upsampler_config(tiny),
+            "clip": clip_config(tiny, geometry),
+            "prior": prior_config(tiny, geometry),
+            "decoder": decoder_config(tiny, geometry),
+            "upsampler": upsampler_config(tiny, geometry),
         }
     )
     if tiny:  # the tiny decoder reads the tiny CLIP's real embeddings of shapes images
@@ -330,10 +340,17 @@ def all_config(tiny: bool = False) -> ml_collections.ConfigDict:
         )
     num_prompts = 2 if tiny else 4  # per split: seen and held-out color-shape pairs
     config.samples = ml_collections.ConfigDict(
-        {"prompts": sample_prompts(num_prompts, SEED), "num_images": 2 if tiny else 4}
+        {
+            "prompts": sample_prompts(num_prompts, SEED, geometry),
+            "num_images": 2 if tiny else 4,
+        }
     )
     config.eval = ml_collections.ConfigDict(
-        {"num_per_split": 4 if tiny else 64, "evaluators": ("shapes_attributes",)}
+        {
+            "num_per_split": 4 if tiny else 64,
+            "evaluators": ("shapes_attributes",),
+            "geometry": geometry,
+        }
     )
     return config
 
@@ -348,11 +365,17 @@ VARIANTS = {
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    name = arg or "all"
-    tiny = name.endswith("_tiny")
-    base = name.removesuffix("_tiny")
+    """`arg`: a variant of VARIANTS (default "all"), then optionally "_hard" (the "small"
+    geometry) and "_tiny", e.g. "decoder", "hard", "decoder_hard", "all_tiny"."""
+    words = (arg or "all").split("_")
+    tiny = words[-1] == "tiny"
+    words = words[:-1] if tiny else words
+    hard = words[-1] == "hard"
+    words = words[:-1] if hard else words
+    base = "_".join(words) or "all"
     if base not in VARIANTS:
         raise ValueError(
-            f"Unknown shapes variant {arg!r}; choose one of {sorted(VARIANTS)} (+ '_tiny')."
+            f"Unknown shapes variant {arg!r}; choose one of {sorted(VARIANTS)} "
+            "(+ '_hard', + '_tiny')."
         )
-    return VARIANTS[base](tiny)
+    return VARIANTS[base](tiny, HARD_GEOMETRY if hard else GEOMETRY)

@@ -1,11 +1,12 @@
 """The embedded "captioned shapes" dataset: an infinite, offline, random-access source.
 
 Procedurally rendered scenes of one or two objects (5 shapes, 8 colors, 2 sizes, a 3x3 grid of
-positions, 4 backgrounds) with varied captions, so the whole system trains and is evaluated
+positions, 4 backgrounds; two geometries: large objects, or small ones, the harder benchmark)
+with varied captions, so the whole system trains and is evaluated
 without downloads. Because `read_attributes` reads shape, color, size and position back from a
 single-object image, generated samples can be scored against their prompts without a model.
 
-    source = ShapesSource(seed=0, image_size=64, split="train")
+    source = ShapesSource(seed=0, image_size=64, split="train", geometry="large")
     example = source[123]  # {"image": float32 [64, 64, 3] in [-1, 1], "caption": str, ...}
 
 Modules: shapes_scene (vocabulary, layout, splits, `scene_for`), shapes_render (`render`),
@@ -25,6 +26,8 @@ from dalle2_jax.data.shapes_render import render
 from dalle2_jax.data.shapes_scene import (
     BACKGROUND_NAMES,
     COLOR_NAMES,
+    DEFAULT_GEOMETRY,
+    GEOMETRIES,
     HELDOUT_COMBINATIONS,
     MAX_OBJECTS,
     POSITIONS,
@@ -33,6 +36,7 @@ from dalle2_jax.data.shapes_scene import (
     SPLITS,
     Scene,
     ShapeObject,
+    get_geometry,
     is_heldout,
     scene_for,
 )
@@ -41,6 +45,8 @@ from dalle2_jax.data.transforms import to_float
 __all__ = [
     "BACKGROUND_NAMES",
     "COLOR_NAMES",
+    "DEFAULT_GEOMETRY",
+    "GEOMETRIES",
     "HELDOUT_COMBINATIONS",
     "MAX_OBJECTS",
     "POSITIONS",
@@ -52,6 +58,7 @@ __all__ = [
     "ShapeObject",
     "ShapesSource",
     "caption",
+    "get_geometry",
     "is_heldout",
     "read_attributes",
     "render",
@@ -66,7 +73,8 @@ class ShapesSource:
 
     Attribute arrays have MAX_OBJECTS entries, padded with -1 for absent objects, so every
     example has the same structure. `p_two` is the probability of a two-object scene (default
-    0.3 for "train", 0 for the evaluation splits).
+    0.3 for "train", 0 for the evaluation splits); `geometry` names where objects sit
+    (`GEOMETRIES`: "small", the harder benchmark, or "large").
     """
 
     def __init__(
@@ -76,10 +84,13 @@ class ShapesSource:
         split: str = "train",
         p_two: float | None = None,
         length: int = 2**31 - 1,
+        geometry: str = DEFAULT_GEOMETRY,
     ):
         if split not in SPLITS:
             raise ValueError(f"Unknown shapes split {split!r}; expected one of {SPLITS}.")
+        get_geometry(geometry)  # a clear error for an unknown name
         self.seed, self.image_size, self.split, self.p_two = seed, image_size, split, p_two
+        self.geometry = geometry
         self._length = length
 
     def __len__(self) -> int:
@@ -89,7 +100,7 @@ class ShapesSource:
         index = operator.index(index)
         if not 0 <= index < self._length:
             raise IndexError(f"Index {index} out of range for {self._length} shapes examples.")
-        return scene_for(self.seed, index, self.split, self.p_two)
+        return scene_for(self.seed, index, self.split, self.p_two, self.geometry)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         scene = self.scene(index)

@@ -22,6 +22,7 @@ from dalle2_jax.data.shapes_captions import caption
 from dalle2_jax.data.shapes_render import render
 from dalle2_jax.data.shapes_scene import (
     COLOR_NAMES,
+    DEFAULT_GEOMETRY,
     POSITIONS,
     SHAPES,
     SIZES,
@@ -43,9 +44,10 @@ def sibling_scenes(
     scene: Scene, attribute: str, count: int, rng: np.random.Generator, split: str
 ) -> list[Scene]:
     """`count` scenes equal to `scene` except for distinct new values of the first object's
-    `attribute`; values that would put a held-out (color, shape) pair into "train", or two
-    objects in one cell, are skipped (evaluation splits take any value: their siblings serve
-    as negatives only). Fewer are returned if fewer values are allowed."""
+    `attribute`; values that would put a held-out (color, shape) pair into "train", two
+    objects in one cell, or two objects touching, are skipped (evaluation splits take any
+    held-out pair: their siblings serve as negatives only). Fewer are returned if fewer values
+    are allowed."""
     if attribute not in ATTRIBUTE_COUNTS:
         raise ValueError(f"Unknown attribute {attribute!r}; one of {sorted(ATTRIBUTE_COUNTS)}.")
     first, others = scene.objects[0], scene.objects[1:]
@@ -59,6 +61,8 @@ def sibling_scenes(
             continue
         if split == "train" and is_heldout(obj.color, obj.shape):
             continue
+        if not dataclasses.replace(scene, objects=(obj, *others)).fits():
+            continue
         allowed.append(obj)
     chosen = rng.permutation(len(allowed))[:count]
     return [dataclasses.replace(scene, objects=(allowed[i], *others)) for i in chosen]
@@ -70,7 +74,8 @@ class HardNegativeGroups:
     attribute has too few allowed values repeat the base scene to fill the group (a repeat is
     a false negative only for itself, which InfoNCE tolerates; it is rare for "shape").
 
-    Opened by name as `shapes_negatives:SPLIT:SIZE:SEED:K:ATTRIBUTE` (`data.sources`).
+    Opened by name as `shapes_negatives:SPLIT:SIZE:SEED:K:ATTRIBUTE[:GEOMETRY]`
+    (`data.sources`).
     """
 
     def __init__(
@@ -80,6 +85,7 @@ class HardNegativeGroups:
         group_size: int,
         attribute: str = "shape",
         split: str = "train",
+        geometry: str = DEFAULT_GEOMETRY,
     ):
         if group_size < 2:
             raise ValueError(f"group_size must be >= 2 for hard negatives, got {group_size}.")
@@ -87,9 +93,9 @@ class HardNegativeGroups:
             raise ValueError(f"Unknown shapes split {split!r}; expected one of {SPLITS}.")
         if attribute not in ATTRIBUTE_COUNTS:
             raise ValueError(f"Unknown attribute {attribute!r}; one of {sorted(ATTRIBUTE_COUNTS)}.")
-        self.base = ShapesSource(seed=seed, image_size=image_size, split=split)
+        self.base = ShapesSource(seed=seed, image_size=image_size, split=split, geometry=geometry)
         self.seed, self.size, self.group_size = seed, image_size, group_size
-        self.attribute, self.split = attribute, split
+        self.attribute, self.split, self.geometry = attribute, split, geometry
 
     def __len__(self) -> int:
         return len(self.base)

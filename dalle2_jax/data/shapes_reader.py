@@ -15,7 +15,8 @@ errors are easy to reason about:
    and compared with the alpha map by soft IoU (sum of minima over sum of maxima), also after a
    few Gaussian blurs so that soft images match soft templates; the best template wins. This
    uses the geometry of the shape vocabulary, not the scene;
-6. size: the radius implied by that shape's area, against the geometric mean of the radii.
+6. size: the radius implied by that shape's area, against the geometric mean of the radii of
+   the image's geometry (`shapes_scene.GEOMETRIES`), the one thing the reader must be told.
 
 On exact renders it reads every attribute right (tests/data); it tolerates pixel noise and mild
 blur, while heavy blur or JPEG chroma subsampling at 32 px can confuse the smallest objects.
@@ -30,11 +31,16 @@ import numpy as np
 from scipy import ndimage
 
 from dalle2_jax.data.shapes_render import coverage, unit_area
-from dalle2_jax.data.shapes_scene import BACKGROUNDS, COLORS, RADII, SHAPES
+from dalle2_jax.data.shapes_scene import (
+    BACKGROUNDS,
+    COLORS,
+    DEFAULT_GEOMETRY,
+    SHAPES,
+    get_geometry,
+)
 
 _COLORS = np.asarray(list(COLORS.values()), np.float32)
 _BACKGROUNDS = np.asarray(list(BACKGROUNDS.values()), np.float32)
-_SIZE_THRESHOLD = math.sqrt(RADII[0] * RADII[1])
 _MIN_ALPHA = 0.05  # Coverage below this is treated as noise.
 # Gaussian blurs (in pixels) tried on each shape template, for soft or blurry images.
 _BLURS = (0.0, 0.5, 1.0, 1.5)
@@ -90,8 +96,10 @@ def _soft_iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.minimum(a, b).sum() / np.maximum(a, b).sum())
 
 
-def read_attributes(image: np.ndarray) -> Attributes | None:
-    """Reads a uint8 [S, S, 3] single-object image; None when no object stands out."""
+def read_attributes(image: np.ndarray, geometry: str = DEFAULT_GEOMETRY) -> Attributes | None:
+    """Reads a uint8 [S, S, 3] single-object image drawn in `geometry`; None when no object
+    stands out."""
+    small, large = get_geometry(geometry).radii
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] != image.shape[1]:
         raise ValueError(f"Expected a square RGB image [S, S, 3], got shape {image.shape}.")
@@ -126,7 +134,7 @@ def read_attributes(image: np.ndarray) -> Attributes | None:
     return Attributes(
         shape=shape,
         color=color,
-        size=int(radii[shape] > _SIZE_THRESHOLD),
+        size=int(radii[shape] > math.sqrt(small * large)),
         position=3 * row + col,
         background=int(np.argmin(np.sum((_BACKGROUNDS - background) ** 2, axis=-1))),
         score=scores[shape],

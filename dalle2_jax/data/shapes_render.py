@@ -18,6 +18,7 @@ from dalle2_jax.data.shapes_scene import (
     BACKGROUNDS,
     COLOR_NAMES,
     COLORS,
+    EXTENT,
     SHAPES,
     Scene,
 )
@@ -56,8 +57,6 @@ POLYGONS: dict[str, np.ndarray | None] = {
     "star": _star(),
     "cross": _cross(),
 }
-# Largest |x| or |y| of any point of a shape around its centroid, in units of the radius.
-EXTENT = 1.15
 
 
 @functools.cache
@@ -141,9 +140,10 @@ def render(scene: Scene, size: int, supersample: int | None = None) -> np.ndarra
     """The scene as a uint8 [size, size, 3] RGB image."""
     image = np.empty((size, size, 3), np.float32)
     image[:] = BACKGROUNDS[BACKGROUND_NAMES[scene.background]]
+    layout = scene.layout
     for obj in scene.objects:
         window, alpha = coverage_patch(
-            SHAPES[obj.shape], *obj.center, obj.radius, size, supersample
+            SHAPES[obj.shape], *layout.center(obj), layout.radius(obj), size, supersample
         )
         color = np.asarray(COLORS[COLOR_NAMES[obj.color]], np.float32)
         image[window] += alpha[..., None] * (color - image[window])

@@ -2,10 +2,11 @@
 
 Specs (SIZE: the side of the square images served):
 
-- `shapes:SPLIT:SIZE[:SEED]`: the embedded captioned-shapes dataset (`data.shapes`; SPLIT is
-  train, eval or eval_seen);
-- `shapes_negatives:SPLIT:SIZE:SEED:K:ATTRIBUTE`: the same scenes in hard-negative groups
-  (`data.shapes_negatives`): example i of `shapes:SPLIT:SIZE:SEED` followed by K - 1 siblings
+- `shapes:SPLIT:SIZE[:SEED[:GEOMETRY]]`: the embedded captioned-shapes dataset (`data.shapes`;
+  SPLIT is train, eval or eval_seen; GEOMETRY is small, the default and harder benchmark, or
+  large, the demo's);
+- `shapes_negatives:SPLIT:SIZE:SEED:K:ATTRIBUTE[:GEOMETRY]`: the same scenes in hard-negative
+  groups (`data.shapes_negatives`): example i of `shapes:SPLIT:SIZE:SEED` followed by K - 1 siblings
   that differ from it only in the first object's ATTRIBUTE (shape, color, size or position).
   Every field of an example has a leading axis of K ("caption" is a list of K captions), the
   source's `group_size` is K, and `caption_at(i)` is the caption of example i's first scene,
@@ -41,22 +42,32 @@ def _size(text: str, spec: str) -> int:
 
 def _open(kind: str, rest: str, spec: str, image_size: int | None):
     if kind == "shapes":
-        from dalle2_jax.data.shapes import ShapesSource
+        from dalle2_jax.data.shapes import DEFAULT_GEOMETRY, ShapesSource
 
-        split, _, tail = rest.partition(":")
-        size, _, seed = tail.partition(":")
+        split, size, seed, geometry, *extra = rest.split(":") + ["", "", ""]
+        if any(extra):
+            raise ValueError(
+                f"Source spec {spec!r} is not shapes:SPLIT:SIZE[:SEED[:GEOMETRY]] "
+                "(e.g. shapes:train:32:0:large)."
+            )
         size = image_size or _size(size, spec)
-        return ShapesSource(seed=int(seed) if seed else 0, image_size=size, split=split)
+        return ShapesSource(
+            seed=int(seed) if seed else 0,
+            image_size=size,
+            split=split,
+            geometry=geometry or DEFAULT_GEOMETRY,
+        )
     if kind == "shapes_negatives":
+        from dalle2_jax.data.shapes import DEFAULT_GEOMETRY
         from dalle2_jax.data.shapes_negatives import HardNegativeGroups
 
         fields = rest.split(":")
-        if len(fields) != 5:
+        if len(fields) not in (5, 6):
             raise ValueError(
-                f"Source spec {spec!r} is not shapes_negatives:SPLIT:SIZE:SEED:K:ATTRIBUTE "
-                "(e.g. shapes_negatives:train:32:0:2:shape)."
+                f"Source spec {spec!r} is not shapes_negatives:SPLIT:SIZE:SEED:K:ATTRIBUTE"
+                "[:GEOMETRY] (e.g. shapes_negatives:train:32:0:2:shape)."
             )
-        split, size, seed, k, attribute = fields
+        split, size, seed, k, attribute, geometry = (fields + [DEFAULT_GEOMETRY])[:6]
         size = image_size or _size(size, spec)
         try:
             seed, k = int(seed), int(k)
@@ -65,7 +76,7 @@ def _open(kind: str, rest: str, spec: str, image_size: int | None):
                 f"Source spec {spec!r}: SEED {seed!r} and K {k!r} must be integers "
                 "(shapes_negatives:SPLIT:SIZE:SEED:K:ATTRIBUTE)."
             ) from None
-        return HardNegativeGroups(seed, size, k, attribute, split=split)
+        return HardNegativeGroups(seed, size, k, attribute, split=split, geometry=geometry)
     location, _, size = rest.rpartition(":")
     if not location:
         raise ValueError(f"Source spec {spec!r} names no data: write {kind}:LOCATION:SIZE.")

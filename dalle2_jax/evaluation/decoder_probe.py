@@ -34,13 +34,14 @@ import numpy as np
 
 from dalle2_jax import diffusion
 from dalle2_jax.data.shapes_render import render
-from dalle2_jax.data.shapes_scene import SHAPES, Scene
+from dalle2_jax.data.shapes_scene import DEFAULT_GEOMETRY, SHAPES, Scene
 from dalle2_jax.data.transforms import to_float
 from dalle2_jax.encoders import ClipEncoder
 from dalle2_jax.evaluation.shapes_eval import (
     attribute_accuracy,
     evaluate_shapes,
     evaluation_prompts,
+    trained_geometry,
 )
 from dalle2_jax.pipeline import SampleOptions, UnCLIP
 from dalle2_jax.train.restore import load_stage
@@ -54,12 +55,13 @@ def probe_decoder(
     seed: int = 0,
     opts: SampleOptions | None = None,
     batch_size: int = 64,
+    geometry: str = DEFAULT_GEOMETRY,
 ) -> dict:
     """`evaluate_shapes` of `pipe.decode` (a `pipeline.UnCLIP`; its prior is not used) on the
-    ground-truth image embeddings of the evaluation scenes."""
+    ground-truth image embeddings of the evaluation scenes (of the geometry it trained on)."""
     opts = opts or SampleOptions()
     scene_of = {}
-    for scenes, captions in evaluation_prompts(num_per_split, seed).values():
+    for scenes, captions in evaluation_prompts(num_per_split, seed, geometry=geometry).values():
         scene_of.update(zip(captions, scenes, strict=True))
     clip_size = pipe.encoder.config.vision.image_size
 
@@ -75,11 +77,16 @@ def probe_decoder(
             out.append(to_uint8(images))
         return np.concatenate(out)
 
-    return evaluate_shapes(generate, num_per_split=num_per_split, seed=seed)
+    return evaluate_shapes(generate, num_per_split=num_per_split, seed=seed, geometry=geometry)
 
 
 def probe_denoising(
-    pipe: UnCLIP, timesteps: Sequence[int], *, num_per_split: int = 64, seed: int = 0
+    pipe: UnCLIP,
+    timesteps: Sequence[int],
+    *,
+    num_per_split: int = 64,
+    seed: int = 0,
+    geometry: str = DEFAULT_GEOMETRY,
 ) -> dict[str, dict[str, dict[str, float]]]:
     """{split: {t: attribute accuracy}} of the decoder's x0 prediction from the noised ground
     truth x_t (one model call, conditioned on the truth's CLIP embedding and caption, no
@@ -87,8 +94,9 @@ def probe_denoising(
     stage, params = pipe.decoder.stage, pipe.decoder.params
     clip_size = pipe.encoder.config.vision.image_size
     size = stage.config.data.image_size
+    prompts = evaluation_prompts(num_per_split, seed, geometry=geometry)
     result = {}
-    for i, (name, (scenes, captions)) in enumerate(evaluation_prompts(num_per_split, seed).items()):
+    for i, (name, (scenes, captions)) in enumerate(prompts.items()):
         truth = np.stack([to_float(render(s, clip_size)) for s in scenes])
         encoded = pipe.encoder.encode(truth, captions)
         x0, noise = _truth_and_noise(scenes, size, seed, i)
@@ -112,6 +120,7 @@ def probe_ideal_shape(
     *,
     num_per_split: int = 64,
     seed: int = 0,
+    geometry: str = DEFAULT_GEOMETRY,
 ) -> dict[str, dict[str, float]]:
     """{split: {t: shape accuracy}} of the ideal reader of the same x_t as `probe_denoising`
     that knows every attribute but the shape: x_t = alpha x0 + sigma eps with Gaussian eps, so
@@ -121,7 +130,8 @@ def probe_ideal_shape(
     alphas = np.sqrt(np.asarray(schedule.alphas_cumprod, np.float64))
     sigmas = np.sqrt(1.0 - np.asarray(schedule.alphas_cumprod, np.float64))
     result = {}
-    for i, (name, (scenes, _)) in enumerate(evaluation_prompts(num_per_split, seed).items()):
+    prompts = evaluation_prompts(num_per_split, seed, geometry=geometry)
+    for i, (name, (scenes, _)) in enumerate(prompts.items()):
         x0, noise = (np.asarray(a, np.float64) for a in _truth_and_noise(scenes, size, seed, i))
         candidates = np.stack([_with_each_shape(s, size) for s in scenes])  # [B, K, H, W, C]
         truth = np.array([s.objects[0].shape for s in scenes])
@@ -185,16 +195,13 @@ def main(argv: list[str] | None = None) -> int:
         decoder_guidance=args.decoder_guidance,
     )
     pipe = UnCLIP(encoder, None, decoder, upsamplers)
-    result = probe_decoder(pipe, num_per_split=args.num, seed=args.seed, opts=opts)
+    common = {"num_per_split": args.num, "seed": args.seed, "geometry": trained_geometry(pipe)}
+    result = probe_decoder(pipe, opts=opts, **common)
     if args.noise_levels:
         levels = [int(t) for t in args.noise_levels.split(",")]
-        result["x0_from_noised_truth"] = probe_denoising(
-            pipe, levels, num_per_split=args.num, seed=args.seed
-        )
+        result["x0_from_noised_truth"] = probe_denoising(pipe, levels, **common)
         schedule, size = decoder.stage.schedule, decoder.stage.config.data.image_size
-        result["ideal_shape_from_x_t"] = probe_ideal_shape(
-            schedule, size, levels, num_per_split=args.num, seed=args.seed
-        )
+        result["ideal_shape_from_x_t"] = probe_ideal_shape(schedule, size, levels, **common)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

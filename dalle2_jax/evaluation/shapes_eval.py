@@ -31,7 +31,15 @@ from dalle2_jax.data.shapes import ShapesSource
 from dalle2_jax.data.shapes_captions import caption
 from dalle2_jax.data.shapes_reader import read_attributes
 from dalle2_jax.data.shapes_render import render
-from dalle2_jax.data.shapes_scene import COLOR_NAMES, POSITIONS, SHAPES, SIZES, Scene
+from dalle2_jax.data.shapes_scene import (
+    COLOR_NAMES,
+    DEFAULT_GEOMETRY,
+    POSITIONS,
+    SHAPES,
+    SIZES,
+    Scene,
+)
+from dalle2_jax.data.sources import open_source
 from dalle2_jax.data.transforms import to_float
 from dalle2_jax.evaluation.frechet import feature_statistics, frechet_distance
 from dalle2_jax.evaluation.registry import register
@@ -52,7 +60,7 @@ def attribute_accuracy(images: np.ndarray, scenes: Sequence[Scene]) -> dict[str,
     hits = {a: 0 for a in ATTRIBUTES}
     for image, scene in zip(images, scenes, strict=True):
         (obj,) = scene.objects
-        read = read_attributes(np.asarray(image))
+        read = read_attributes(np.asarray(image), scene.geometry)
         for a in ATTRIBUTES:
             hits[a] += int(read is not None and getattr(read, a) == getattr(obj, a))
     return {a: hits[a] / len(scenes) for a in ATTRIBUTES}
@@ -80,32 +88,45 @@ def clip_frechet_distance(encoder, images: np.ndarray, reference: np.ndarray) ->
 
 
 def evaluation_prompts(
-    num_per_split: int, seed: int = 0, start: int = 0
+    num_per_split: int, seed: int = 0, start: int = 0, geometry: str = DEFAULT_GEOMETRY
 ) -> dict[str, tuple[list[Scene], list[str]]]:
     """Fixed single-object scenes and captions for each of "seen" and "heldout" (scenes
     `start` to `start + num_per_split` of each split)."""
     prompts = {}
     for name, split in SPLITS.items():
-        source = ShapesSource(seed=seed, image_size=8, split=split)
+        source = ShapesSource(seed=seed, image_size=8, split=split, geometry=geometry)
         scenes = [source.scene(i) for i in range(start, start + num_per_split)]
         prompts[name] = (scenes, [caption(s) for s in scenes])
     return prompts
 
 
-def sample_prompts(num_per_split: int, seed: int = 0) -> list[str]:
+def trained_geometry(pipe) -> str:
+    """The shapes geometry a workdir's pipeline was trained on: that of its decoder's image
+    source (`config.embeddings.train_source`), or the default for a non-shapes source."""
+    spec = pipe.decoder.stage.config.get("embeddings", {}).get("train_source", "")
+    if not spec.startswith("shapes"):
+        return DEFAULT_GEOMETRY
+    return open_source(spec, image_size=8).geometry
+
+
+def sample_prompts(
+    num_per_split: int, seed: int = 0, geometry: str = DEFAULT_GEOMETRY
+) -> list[str]:
     """The captions of the demo's samples grid: `num_per_split` seen, then held-out."""
-    prompts = evaluation_prompts(num_per_split, seed).values()
+    prompts = evaluation_prompts(num_per_split, seed, geometry=geometry).values()
     return list(dict.fromkeys(c for _, captions in prompts for c in captions))
 
 
 @register("shapes_attributes", stage="cascade")
 def evaluate_cascade(pipe, config) -> dict:
-    """The cascade evaluator of the shapes demo: `evaluate_shapes` of its text-to-image."""
+    """The cascade evaluator of the shapes demo: `evaluate_shapes` of its text-to-image, on
+    scenes of `config.eval.geometry` (the one the cascade trained on)."""
     return evaluate_shapes(
         lambda c, k: pipe.text_to_image(c, k),
         encoder=pipe.encoder,
         num_per_split=config.eval.num_per_split,
         seed=config.get("seed", 0),
+        geometry=config.eval.get("geometry", DEFAULT_GEOMETRY),
     )
 
 
@@ -115,14 +136,16 @@ def evaluate_shapes(
     encoder=None,
     num_per_split: int = 64,
     seed: int = 0,
+    geometry: str = DEFAULT_GEOMETRY,
 ) -> dict:
     """The eval.json dictionary: per split, accuracy and CLIP score of generations and ground
     truth, plus chance levels, and with an encoder `clip_fd` (module doc). `generate` returns
     uint8 images [N, H, W, 3]."""
-    result: dict = {"chance": dict(CHANCE), "num_per_split": num_per_split}
+    result: dict = {"chance": dict(CHANCE), "num_per_split": num_per_split, "geometry": geometry}
     key = jax.random.key(seed)
     all_generated, all_truth = [], []
-    for i, (name, (scenes, captions)) in enumerate(evaluation_prompts(num_per_split, seed).items()):
+    prompts = evaluation_prompts(num_per_split, seed, geometry=geometry)
+    for i, (name, (scenes, captions)) in enumerate(prompts.items()):
         generated = np.asarray(generate(captions, jax.random.fold_in(key, i)))
         truth = np.stack([render(s, generated.shape[1]) for s in scenes])
         all_generated.append(generated)
@@ -137,7 +160,7 @@ def evaluate_shapes(
         result[name] = entry
     if encoder is not None:
         size = all_truth[0].shape[1]
-        others = evaluation_prompts(num_per_split, seed, start=num_per_split).values()
+        others = evaluation_prompts(num_per_split, seed, num_per_split, geometry).values()
         other_truth = np.stack([render(s, size) for scenes, _ in others for s in scenes])
         truth = np.concatenate(all_truth)
         result["clip_fd"] = {

@@ -10,12 +10,14 @@ from dalle2_jax.data import shapes
 KEYS = ("shape", "color", "size", "position")
 
 
-def accuracy(size: int, count: int, perturb=lambda image: image) -> dict[str, float]:
+def accuracy(
+    size: int, count: int, perturb=lambda image: image, geometry: str = "small"
+) -> dict[str, float]:
     correct = dict.fromkeys((*KEYS, "background"), 0)
     for index in range(count):
         split = "eval" if index % 4 == 0 else "eval_seen"  # Held-out pairs too.
-        scene = shapes.scene_for(11, index, split)
-        read = shapes.read_attributes(perturb(shapes.render(scene, size)))
+        scene = shapes.scene_for(11, index, split, geometry=geometry)
+        read = shapes.read_attributes(perturb(shapes.render(scene, size)), geometry)
         if read is None:
             continue
         for key in KEYS:
@@ -28,6 +30,14 @@ def accuracy(size: int, count: int, perturb=lambda image: image) -> dict[str, fl
 def test_reader_accuracy_on_renders(size):
     result = accuracy(size, 500)
     assert min(result.values()) >= 0.99, result
+
+
+@pytest.mark.parametrize("size", [16, 32, 64])
+@pytest.mark.parametrize("geometry", ["large", "xlarge"])
+def test_reader_reads_every_ground_truth_of_the_larger_geometries(geometry, size):
+    """The demo reads its 32 px CLIP / decoder images and 64 px samples: all must be exact."""
+    result = accuracy(size, 300, geometry=geometry)
+    assert min(result.values()) == 1.0, result
 
 
 def test_reader_tolerates_noise():

@@ -10,7 +10,9 @@ from PIL import Image
 
 from dalle2_jax.data import shapes
 from dalle2_jax.data.shapes_render import coverage
-from dalle2_jax.data.shapes_scene import BACKGROUNDS, COLORS, RADII, Scene, ShapeObject
+from dalle2_jax.data.shapes_scene import BACKGROUNDS, COLORS, GEOMETRIES, Scene, ShapeObject
+
+RADII = GEOMETRIES["small"].radii  # the default geometry's
 
 
 def one(shape: str, color: str, size: str, position: str, background: str = "black") -> Scene:
@@ -56,9 +58,11 @@ def test_edges_are_antialiased():
     assert coverage_sum == pytest.approx(math.pi * (RADII[1] * 32) ** 2, rel=0.01)
 
 
-def test_small_and_large_differ_clearly_at_32px():
+@pytest.mark.parametrize("geometry", sorted(GEOMETRIES))
+def test_small_and_large_differ_clearly_at_32px(geometry):
+    radii = GEOMETRIES[geometry].radii
     for shape in shapes.SHAPES:
-        areas = [coverage(shape, 0.5, 0.5, RADII[s], 32).sum() for s in (0, 1)]
+        areas = [coverage(shape, 0.5, 0.5, radii[s], 32).sum() for s in (0, 1)]
         assert areas[1] > 2.5 * areas[0]
 
 

@@ -63,19 +63,43 @@ def test_two_object_fraction():
 
 
 @pytest.mark.parametrize("size", [32, 64])
-def test_objects_stay_inside_the_canvas_and_apart(size):
-    for index in range(300):
-        scene = shapes.scene_for(5, index, p_two=1.0)
+@pytest.mark.parametrize("geometry", sorted(shapes.GEOMETRIES))
+def test_objects_stay_inside_the_canvas_and_apart(size, geometry):
+    for index in range(300 if geometry == "small" else 150):
+        scene = shapes.scene_for(5, index, p_two=1.0, geometry=geometry)
         image = shapes.render(scene, size).astype(int)
         background = BACKGROUNDS[shapes.BACKGROUND_NAMES[scene.background]]
         border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
         assert np.all(border == background), "an object reaches the edge of the canvas"
         masks = [
-            np.any(shapes.render(Scene((obj,), scene.background), size) != background, axis=-1)
+            np.any(
+                shapes.render(Scene((obj,), scene.background, geometry=geometry), size)
+                != background,
+                axis=-1,
+            )
             for obj in scene.objects
         ]
         assert not np.any(masks[0] & masks[1]), "two objects share a pixel"
         assert scene.objects[0].position != scene.objects[1].position
+
+
+def test_geometries_place_the_same_scenes_differently():
+    """The geometry moves and sizes objects; it leaves the attributes drawn for a scene (and so
+    its caption) alone, and the "small" stream is that of scenes without a geometry."""
+    for index in range(100):
+        small, large = (shapes.scene_for(3, index, geometry=g) for g in ("small", "large"))
+        assert small == shapes.scene_for(3, index)
+        if len(small.objects) == 1:
+            (a,), (b,) = small.objects, large.objects
+            attributes = lambda o: (o.shape, o.color, o.size, o.position)
+            assert attributes(a) == attributes(b) and shapes.caption(large) == shapes.caption(small)
+            ratio = shapes.GEOMETRIES["large"].jitter / shapes.GEOMETRIES["small"].jitter
+            assert (b.dx, b.dy) == pytest.approx((a.dx * ratio, a.dy * ratio))
+            assert not np.array_equal(shapes.render(large, 32), shapes.render(small, 32))
+    two = [len(shapes.scene_for(1, i, geometry="large").objects) for i in range(3000)]
+    assert abs(two.count(2) / len(two) - 0.3) < 0.03  # re-placing keeps the share of pairs
+    with pytest.raises(ValueError, match="Unknown shapes geometry 'huge'"):
+        shapes.ShapesSource(geometry="huge")
 
 
 def test_source_examples():

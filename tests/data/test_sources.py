@@ -95,6 +95,12 @@ def test_shapes_specs():
     assert seeded[0]["caption"] == open_source("shapes:train:16:5")[0]["caption"]
     captions = lambda s: [s[i]["caption"] for i in range(8)]
     assert captions(seeded) != captions(source)
+    large = open_source("shapes:eval:32:5:large")
+    assert large.geometry == "large" and seeded.geometry == "small"  # small: the default
+    read = read_attributes(to_uint8(large[0]["image"]), "large")
+    assert read.shape == large[0]["shape"][0] and read.size == large[0]["size"][0]
+    groups = open_source("shapes_negatives:train:32:0:2:shape:large")
+    assert groups.geometry == "large" and groups.base.geometry == "large"
 
 
 @pytest.mark.parametrize(
@@ -153,6 +159,9 @@ def test_tfds_spec_names_the_spec():
         ("shapes_negatives:train:32:0:1:shape", "group_size must be >= 2"),
         ("shapes_negatives:train:32:0:2:texture", "Unknown attribute 'texture'"),
         ("shapes_negatives:test:32:0:2:shape", "Unknown shapes split"),
+        ("shapes_negatives:train:32:0:2:shape:huge", "Unknown shapes geometry 'huge'"),
+        ("shapes:train:32:0:huge", "Unknown shapes geometry 'huge'"),
+        ("shapes:train:32:0:large:extra", r"shapes:SPLIT:SIZE\[:SEED\[:GEOMETRY\]\]"),
     ],
 )
 def test_malformed_specs_say_what_is_wrong(spec, message):

@@ -22,18 +22,21 @@ def test_ground_truth_scores_one_and_shuffled_scores_low():
     assert blank == {a: 0.0 for a in CHANCE}
 
 
-def test_evaluate_shapes_layout_with_a_perfect_generator():
+@pytest.mark.parametrize("geometry", ["small", "large"])
+def test_evaluate_shapes_layout_with_a_perfect_generator(geometry):
     def oracle(captions, key):
         del key
         lookup = {c: s for split in prompts.values() for s, c in zip(*split, strict=True)}
         return np.stack([render(lookup[c], 32) for c in captions])
 
-    prompts = evaluation_prompts(8)
-    result = evaluate_shapes(oracle, num_per_split=8)
-    assert set(result) == {"chance", "num_per_split", "seen", "heldout"}
+    prompts = evaluation_prompts(8, geometry=geometry)
+    assert {s.geometry for scenes, _ in prompts.values() for s in scenes} == {geometry}
+    result = evaluate_shapes(oracle, num_per_split=8, geometry=geometry)
+    assert set(result) == {"chance", "num_per_split", "geometry", "seen", "heldout"}
+    assert result["geometry"] == geometry
     for split in ("seen", "heldout"):
         assert result[split]["generated"] == result[split]["ground_truth"]
-        assert result[split]["generated"]["color"] == 1.0
+        assert set(result[split]["generated"].values()) == {1.0}
     assert result["chance"]["position"] == 1 / 9
 
 

@@ -26,16 +26,21 @@ import ml_collections
 import numpy as np
 
 from dalle2_jax import diffusion
+from dalle2_jax.convert import weights
 from dalle2_jax.convert.diffusers_prior import load_diffusers_prior, save_diffusers_prior
 from dalle2_jax.convert.diffusers_unet import (
     DIFFUSERS_VERSION,
     load_decoder,
     load_super_res,
+    read_config,
     save_decoder,
     save_super_res,
+    super_res_state_dict_to_params,
 )
+from dalle2_jax.convert.diffusers_unet_config import super_res_config_from_diffusers
 from dalle2_jax.convert.hf_clip import load_hf_clip_towers, save_hf_clip_towers
 from dalle2_jax.encoders import ClipEncoder
+from dalle2_jax.models.unet import UNetConfig
 from dalle2_jax.pretrained import (
     EMPTY_PROMPT,
     DiffusersDecoder,
@@ -160,11 +165,23 @@ def load_unclip(
     decoder = _trained(stage, {**params, EMPTY_PROMPT: empty}, path / "decoder")
 
     first_config, first = load_super_res(path / "super_res_first")
-    last_config, last = load_super_res(path / "super_res_last")
+    last_config, last = _load_super_res_last(path / "super_res_last", first_config.image_size)
     scheduler = read_scheduler(path / "super_res_scheduler")
     stage = DiffusersSuperRes(first_config, last_config, scheduler, mesh)
     super_res = _trained(stage, {"first": first, "last": last}, path / "super_res_first")
     return encoder, prior, decoder, [super_res]
+
+
+def _load_super_res_last(path: Path, image_size: int) -> tuple[UNetConfig, dict]:
+    """`load_super_res` of `super_res_last/`, whose config.json may have no sample_size: Karlo's
+    has none (diffusers' conversion script sets none; the pipeline sizes the super-res latents
+    from super_res_first), so it is super_res_first's `image_size`."""
+    unet = read_config(path, "UNet2DModel")
+    if unet.get("sample_size") is None:
+        unet["sample_size"] = image_size
+    config = super_res_config_from_diffusers(unet)
+    state = weights.read_state_dict(path, weights.DIFFUSERS_FILES)
+    return config, super_res_state_dict_to_params(state, config, str(path))
 
 
 def save_unclip(

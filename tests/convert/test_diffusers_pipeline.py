@@ -78,21 +78,28 @@ def tiny_tokenizer(path: Path) -> transformers.CLIPTokenizer:
     return transformers.CLIPTokenizer(*files, model_max_length=77)
 
 
+# diffusers' tiny unCLIP test CLIP text tower.
+TEXT_ENCODER = dict(
+    bos_token_id=0,
+    eos_token_id=2,
+    hidden_size=32,
+    projection_dim=32,
+    intermediate_size=37,
+    layer_norm_eps=1e-05,
+    num_attention_heads=4,
+    num_hidden_layers=5,
+    pad_token_id=1,
+    vocab_size=1000,
+)
+
+
+def tiny_text_encoder() -> transformers.CLIPTextModelWithProjection:
+    return transformers.CLIPTextModelWithProjection(transformers.CLIPTextConfig(**TEXT_ENCODER))
+
+
 def tiny_pipeline(root: Path) -> UnCLIPPipeline:
-    text_config = transformers.CLIPTextConfig(
-        bos_token_id=0,
-        eos_token_id=2,
-        hidden_size=32,
-        projection_dim=32,
-        intermediate_size=37,
-        layer_norm_eps=1e-05,
-        num_attention_heads=4,
-        num_hidden_layers=5,
-        pad_token_id=1,
-        vocab_size=1000,
-    )
     return UnCLIPPipeline(
-        text_encoder=seeded(0, lambda: transformers.CLIPTextModelWithProjection(text_config)),
+        text_encoder=seeded(0, tiny_text_encoder),
         tokenizer=tiny_tokenizer(root / "vocab"),
         prior=seeded(
             1,

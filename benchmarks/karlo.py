@@ -1,0 +1,440 @@
+"""One 256 px Karlo image end to end, ours (JAX) vs diffusers' `UnCLIPPipeline` (torch), in one run.
+
+  python benchmarks/karlo.py [--tiny] [--cpus 1] [--repeats 1] [--steps 25,25,7]
+      [--sides ours,diffusers] [--folder DIR] [--out karlo.json]
+
+One caption, batch 1, float32, diffusers' defaults: 25 prior steps at guidance 4.0, 25 decoder
+steps at guidance 8.0, 7 super-res steps (`--steps P,D,S` to change them), at Karlo v1.0
+alpha's real sizes (`configs/karlo_sizes.py`) with random weights; `--tiny`: diffusers' tiny
+unCLIP test components (tests/convert/test_diffusers_pipeline.py), for the smoke test.
+
+1. A subprocess builds every component from its config with torch's random init (seeded) and
+   saves the diffusers folder (safetensors; ~13 GB at real size, in a temporary directory or
+   `--folder DIR`, reused if it holds a folder). The tokenizer is a byte-level CLIP BPE without
+   merges (the real vocabulary is not downloaded); every caption is 77 tokens either way.
+2. Each side then runs in its own subprocess, one after the other (each holds ~13 GB at real
+   size), on the same folder, so both sample the same weights: diffusers loads every component
+   with its class's `from_pretrained` and runs `UnCLIPPipeline.__call__`; ours loads it with
+   `UnCLIP.from_diffusers` and runs its three stages as `UnCLIP.text_to_image` does.
+3. Per stage, wall and CPU seconds (this process, all threads): "prior" is CLIP's text tower on
+   the caption plus the guided prior loop (diffusers also encodes "" there on every call; ours
+   encoded it once, at load), "decoder" the guided decoder loop with the clamp, "super-res" the
+   64 -> 256 resize and the super-res loop. Ours is compiled ahead of time (`jit.lower().
+   compile()`, reported as compile seconds) and then timed calling the compiled programs;
+   diffusers first runs a short warm-up (2 / 2 / 2 steps, `--warmup 0` to skip). The median of
+   `--repeats` runs is reported; speedup = diffusers / ours (> 1: ours is faster).
+`--cpus N` pins each side to the first N allowed CPUs (sched_setaffinity) and sets its thread
+pools to N: torch's intra- and inter-op threads, and XLA's (`--xla_cpu_multi_thread_eigen=false
+intra_op_parallelism_threads=N` when N is 1, else `intra_op_parallelism_threads=N`). On a
+shared machine the CPU seconds are the steadier figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # configs/, tests/: not installed
+
+SIDES = ("ours", "diffusers")
+STAGES = ("prior", "decoder", "super_res")
+PROMPT = "a photo of a corgi"
+SEED = 0
+PIPELINE_PARTS = {  # the folders whose parameters each stage row counts
+    "prior": ("prior",),
+    "decoder": ("decoder", "text_proj"),
+    "super_res": ("super_res_first", "super_res_last"),
+    "text_encoder": ("text_encoder",),
+}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--tiny", action="store_true", help="diffusers' tiny test components")
+    p.add_argument("--cpus", type=int, default=0, help="pin each side to N CPUs (0: all)")
+    p.add_argument("--repeats", type=int, default=1, help="timed runs per side (median)")
+    p.add_argument("--steps", default="25,25,7", help="prior,decoder,super-res steps")
+    p.add_argument("--warmup", type=int, default=2, help="diffusers' warm-up steps per stage")
+    p.add_argument("--sides", default=",".join(SIDES), help=f"comma list of {SIDES}")
+    p.add_argument("--folder", type=Path, default=None, help="where the folder is built/reused")
+    p.add_argument("--out", type=Path, default=None, help="JSON file for the result")
+    p.add_argument("--side", choices=SIDES, default=None, help=argparse.SUPPRESS)  # a child
+    p.add_argument("--build", action="store_true", help=argparse.SUPPRESS)  # the builder
+    args = p.parse_args(argv)
+    try:
+        steps = tuple(int(s) for s in args.steps.split(","))
+    except ValueError:
+        steps = ()
+    if len(steps) != 3 or min(steps) < 2:
+        p.error(f"--steps {args.steps!r}: three integers >= 2 (UnCLIPScheduler needs 2 steps).")
+    args.steps = dict(zip(STAGES, steps, strict=True))
+    sides = [s for s in args.sides.split(",") if s]
+    if not sides or set(sides) - set(SIDES):
+        p.error(f"--sides {args.sides!r}: choose from {SIDES}.")
+    args.sides = sides
+    if args.repeats < 1 or args.cpus < 0 or args.warmup < 0 or args.warmup == 1:
+        p.error("--repeats >= 1, --cpus >= 0 and --warmup 0 or >= 2.")
+    return args
+
+
+# -- the folder ------------------------------------------------------------------------------
+
+
+def build_folder(folder: Path, tiny: bool) -> None:
+    """The diffusers unCLIP folder with random weights, one component in memory at a time."""
+    import torch
+    import transformers
+    from diffusers import PriorTransformer, UnCLIPScheduler, UNet2DConditionModel, UNet2DModel
+    from diffusers.pipelines.deprecated.unclip.text_proj import UnCLIPTextProjModel
+
+    from tests.convert import test_diffusers_pipeline as tiny_parts
+
+    if tiny:
+        tiny_parts.tiny_pipeline(folder.parent / "tiny").save_pretrained(folder)
+        return
+    from configs.karlo_sizes import COMPONENTS
+
+    builders = {
+        "prior": PriorTransformer,
+        "text_proj": UnCLIPTextProjModel,
+        "decoder": UNet2DConditionModel,
+        "super_res_first": UNet2DModel,
+        "super_res_last": UNet2DModel,
+        "text_encoder": lambda **c: transformers.CLIPTextModelWithProjection(
+            transformers.CLIPTextConfig(**c)
+        ),
+    }
+    index: dict[str, Any] = {"_class_name": "UnCLIPPipeline"}
+    for i, (name, build) in enumerate(builders.items()):
+        torch.manual_seed(SEED + i)
+        model = build(**COMPONENTS[name]).eval()
+        model.save_pretrained(folder / name)
+        index[name] = [
+            "transformers" if name == "text_encoder" else "diffusers",
+            type(model).__name__,
+        ]
+        del model
+        print(f"built {name}", file=sys.stderr, flush=True)
+    for name in ("prior_scheduler", "decoder_scheduler", "super_res_scheduler"):
+        UnCLIPScheduler(**COMPONENTS[name]).save_pretrained(folder / name)
+        index[name] = ["diffusers", "UnCLIPScheduler"]
+    tokenizer = tiny_parts.tiny_tokenizer(folder.parent / "vocab")
+    tokenizer.save_pretrained(folder / "tokenizer")
+    index["tokenizer"] = ["transformers", "CLIPTokenizer"]
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+
+# -- timing ----------------------------------------------------------------------------------
+
+
+class Clock:
+    """Marks of (wall, process CPU) seconds; `split` gives each interval between marks."""
+
+    def __init__(self) -> None:
+        self.marks: list[tuple[float, float]] = []
+
+    def mark(self) -> None:
+        self.marks.append((time.perf_counter(), time.process_time()))
+
+    def split(self) -> list[dict[str, float]]:
+        pairs = zip(self.marks, self.marks[1:], strict=False)
+        return [{"wall_s": b[0] - a[0], "cpu_s": b[1] - a[1]} for a, b in pairs]
+
+
+def limit_threads(cpus: int) -> int:
+    """Pin this process to the first `cpus` allowed CPUs and size XLA's thread pool to match
+    (before JAX starts); the number of CPUs this process may use."""
+    if cpus:
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:cpus])
+        flags = [f"intra_op_parallelism_threads={cpus}"]
+        if cpus == 1:
+            flags.insert(0, "--xla_cpu_multi_thread_eigen=false")
+        os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), *flags]).strip()
+    return len(os.sched_getaffinity(0))
+
+
+def run_diffusers(folder: Path, steps: dict[str, int], repeats: int, warmup: int) -> dict:
+    """Load the folder into diffusers' `UnCLIPPipeline` and time `repeats` calls."""
+    import torch
+    import transformers
+    from diffusers import (
+        PriorTransformer,
+        UnCLIPPipeline,
+        UnCLIPScheduler,
+        UNet2DConditionModel,
+        UNet2DModel,
+    )
+    from diffusers.pipelines.deprecated.unclip.text_proj import UnCLIPTextProjModel
+
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    classes = {
+        c.__name__: c
+        for c in (
+            PriorTransformer,
+            UnCLIPScheduler,
+            UNet2DConditionModel,
+            UNet2DModel,
+            UnCLIPTextProjModel,
+        )
+    }
+    start = time.perf_counter()
+    index = json.loads((folder / "model_index.json").read_text())
+    parts = {}
+    for name, (library, cls) in ((n, v) for n, v in index.items() if not n.startswith("_")):
+        cls = getattr(transformers, cls) if library == "transformers" else classes[cls]
+        parts[name] = cls.from_pretrained(folder / name)
+    pipe = UnCLIPPipeline(**parts)
+    load_s = time.perf_counter() - start
+    params = {
+        row: sum(p.numel() for n in names for p in parts[n].parameters())
+        for row, names in PIPELINE_PARTS.items()
+    }
+
+    def call(prior: int, decoder: int, super_res: int, clock: Clock | None) -> None:
+        hooks = []
+        if clock is not None:  # stage boundaries: text_proj starts the decoder stage, ...
+            for module in (pipe.text_proj, pipe.super_res_first):
+                seen: list[bool] = []
+
+                def hook(*_, seen=seen):
+                    if not seen:
+                        seen.append(True)
+                        clock.mark()
+
+                hooks.append(module.register_forward_pre_hook(hook))
+            clock.mark()
+        try:
+            pipe(
+                PROMPT,
+                prior_num_inference_steps=prior,
+                decoder_num_inference_steps=decoder,
+                super_res_num_inference_steps=super_res,
+                generator=torch.Generator().manual_seed(SEED),
+                output_type="np",
+            )
+        finally:
+            for h in hooks:
+                h.remove()
+        if clock is not None:
+            clock.mark()
+
+    if warmup:
+        call(warmup, warmup, warmup, None)
+    runs = []
+    for _ in range(repeats):
+        clock = Clock()
+        call(steps["prior"], steps["decoder"], steps["super_res"], clock)
+        runs.append(dict(zip(STAGES, clock.split(), strict=True)))
+    return {"load_s": load_s, "compile_s": None, "params": params, "runs": runs}
+
+
+def run_ours(folder: Path, steps: dict[str, int], repeats: int) -> dict:
+    """Load the folder with `UnCLIP.from_diffusers`, compile each stage's sampling program
+    ahead of time, and time `repeats` runs of the three compiled programs."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from dalle2_jax.pipeline import UnCLIP
+    from dalle2_jax.pretrained import EMPTY_PROMPT
+
+    start = time.perf_counter()
+    pipe = UnCLIP.from_diffusers(folder)
+    load_s = time.perf_counter() - start
+
+    def count(tree) -> int:
+        return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+    strip = lambda p: {k: v for k, v in p.items() if k != EMPTY_PROMPT}
+    up = pipe.upsamplers[0]
+    params = {
+        "prior": count(strip(pipe.prior.params)),
+        "decoder": count(strip(pipe.decoder.params)),
+        "super_res": count(up.params),
+        "text_encoder": count(pipe.encoder.params),
+    }
+    prior, decoder = pipe.prior, pipe.decoder
+    # As UnCLIP.text_to_image / decode split the key.
+    k_prior, k_decoder = jax.random.split(jax.random.key(SEED))
+    k_up, k_dec = jax.random.split(k_decoder)
+    k_sr = jax.random.fold_in(k_up, 0)
+    text = pipe.encoder.encode_text([PROMPT])  # compiled at load (the empty prompt)
+    caption = {k: prior.stage.place(text[k]) for k in ("text_embed", "text_tokens", "text_mask")}
+    d, s = decoder.stage.config.clip_embed_dim, decoder.stage.image_size
+    cond = decoder.stage._cond(decoder.params, {"image_embed": np.zeros((1, d)), **text})
+    low_res = up.stage.place(jnp.zeros((1, s, s, 3)))
+    opts = {
+        "prior": dict(num_steps=steps["prior"], guidance_scale=4.0),
+        "decoder": dict(num_steps=steps["decoder"], sampler="unclip", guidance_scale=8.0),
+        "super_res": dict(num_steps=steps["super_res"]),
+    }
+    # The stages' jitted `_sample` programs, lowered on these shapes and shardings.
+    lowered = {
+        "prior": lambda: type(prior.stage)._sample.lower(
+            prior.stage, prior.params, caption, k_prior, **opts["prior"]
+        ),
+        "decoder": lambda: type(decoder.stage)._sample.lower(
+            decoder.stage, decoder.params, cond, k_dec, None, **opts["decoder"]
+        ),
+        "super_res": lambda: type(up.stage)._sample.lower(
+            up.stage, up.params, low_res, k_sr, **opts["super_res"]
+        ),
+    }
+    compiled, compile_s = {}, {}
+    for name, lower in lowered.items():
+        t0 = time.perf_counter()
+        compiled[name] = lower().compile()
+        compile_s[name] = time.perf_counter() - t0
+        print(f"compiled {name} in {compile_s[name]:.1f} s", file=sys.stderr, flush=True)
+
+    def call(clock: Clock) -> None:
+        clock.mark()
+        text = pipe.encoder.encode_text([PROMPT])
+        caption = {
+            k: prior.stage.place(text[k]) for k in ("text_embed", "text_tokens", "text_mask")
+        }
+        embed = jax.block_until_ready(compiled["prior"](prior.params, caption, k_prior))
+        clock.mark()
+        cond = decoder.stage._cond(decoder.params, {"image_embed": embed, **text})
+        images = jax.block_until_ready(compiled["decoder"](decoder.params, cond, k_dec, None))
+        clock.mark()
+        low = up.stage.place(images)
+        jax.block_until_ready(compiled["super_res"](up.params, low, k_sr))
+        clock.mark()
+
+    runs = []
+    for _ in range(repeats):
+        clock = Clock()
+        call(clock)
+        runs.append(dict(zip(STAGES, clock.split(), strict=True)))
+    return {"load_s": load_s, "compile_s": compile_s, "params": params, "runs": runs}
+
+
+def child(args: argparse.Namespace) -> None:
+    """One side in this process: writes its JSON result to stdout's last line."""
+    import resource
+
+    cpus = limit_threads(args.cpus)
+    if args.side == "ours":
+        result = run_ours(args.folder, args.steps, args.repeats)
+    else:
+        result = run_diffusers(args.folder, args.steps, args.repeats, args.warmup)
+    result["cpus"] = cpus
+    result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(json.dumps(result), flush=True)
+
+
+# -- the parent ------------------------------------------------------------------------------
+
+
+def run_child(argv: list[str], what: str) -> str:
+    """`python benchmarks/karlo.py ARGV` in a subprocess; its stdout (stderr passed through)."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), *argv]
+    proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"{what} failed (exit {proc.returncode}); its stderr is above.")
+    return proc.stdout
+
+
+def summarise(result: dict) -> dict[str, dict[str, float]]:
+    """Median wall and CPU seconds per stage and in total over the runs."""
+    rows = {}
+    for stage in (*STAGES, "total"):
+        per_run = [
+            {k: sum(r[s][k] for s in STAGES) for k in ("wall_s", "cpu_s")}
+            if stage == "total"
+            else r[stage]
+            for r in result["runs"]
+        ]
+        rows[stage] = {k: statistics.median(p[k] for p in per_run) for k in ("wall_s", "cpu_s")}
+    return rows
+
+
+def table(results: dict[str, dict], steps: dict[str, int]) -> str:
+    """The side-by-side table: per stage wall / CPU seconds of each side and the speedup."""
+    sides = [s for s in SIDES if s in results]
+    medians = {s: summarise(results[s]) for s in sides}
+    head = f"{'stage':<10} {'steps':>5}"
+    for s in sides:
+        head += f" {s + ' wall s':>16} {s + ' CPU s':>15}"
+    if len(sides) == 2:
+        head += f" {'speedup wall':>12} {'speedup CPU':>11}"
+    lines = [head]
+    for stage in (*STAGES, "total"):
+        n = steps.get(stage, "")
+        line = f"{stage:<10} {n!s:>5}"
+        for s in sides:
+            m = medians[s][stage]
+            line += f" {m['wall_s']:>16.2f} {m['cpu_s']:>15.2f}"
+        if len(sides) == 2:
+            a, b = medians["ours"][stage], medians["diffusers"][stage]
+            line += f" {b['wall_s'] / a['wall_s']:>12.2f} {b['cpu_s'] / a['cpu_s']:>11.2f}"
+        lines.append(line)
+    lines.append("")
+    lines.append(f"{'parameters':<22}" + "".join(f" {s:>14}" for s in sides))
+    for row in PIPELINE_PARTS:
+        lines.append(f"{row:<22}" + "".join(f" {results[s]['params'][row]:>14,}" for s in sides))
+    for key, fmt in (("load_s", "{:.1f}"), ("peak_rss_gb", "{:.1f}")):
+        lines.append(f"{key:<22}" + "".join(f" {fmt.format(results[s][key]):>14}" for s in sides))
+    if "ours" in results:
+        compile_s = results["ours"]["compile_s"]
+        lines.append("ours compile s: " + ", ".join(f"{k} {v:.1f}" for k, v in compile_s.items()))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Build the folder, run each side in its own subprocess, print the table; returns (and
+    writes to --out) {"meta": ..., "results": {side: ...}}."""
+    args = parse_args(argv)
+    if args.build:
+        build_folder(args.folder, args.tiny)
+        return {}
+    if args.side:
+        child(args)
+        return {}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = args.folder or Path(tmp) / ("tiny" if args.tiny else "karlo")
+        if not (folder / "model_index.json").is_file():
+            folder.mkdir(parents=True, exist_ok=True)
+            start = time.perf_counter()
+            run_child(
+                ["--build", "--folder", str(folder), *(["--tiny"] if args.tiny else [])], "build"
+            )
+            print(f"built {folder.name} in {time.perf_counter() - start:.0f} s", flush=True)
+        common = ["--folder", str(folder), "--cpus", str(args.cpus), "--repeats", str(args.repeats)]
+        common += ["--steps", ",".join(str(args.steps[s]) for s in STAGES)]
+        results = {}
+        for side in args.sides:
+            out = run_child(["--side", side, *common, "--warmup", str(args.warmup)], side)
+            results[side] = json.loads(out.strip().splitlines()[-1])
+    meta = {
+        "size": "tiny" if args.tiny else "karlo",
+        "steps": args.steps,
+        "guidance": {"prior": 4.0, "decoder": 8.0},
+        "cpus": args.cpus or len(os.sched_getaffinity(0)),
+        "repeats": args.repeats,
+        "diffusers_warmup_steps": args.warmup,
+        "machine": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "load_average": os.getloadavg(),
+    }
+    print(table(results, args.steps), flush=True)
+    result = {"meta": meta, "results": results}
+    if args.out is not None:
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()

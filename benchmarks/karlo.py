@@ -47,6 +47,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # configs/, tests/: not installed
 
+from configs.karlo_sizes import SAMPLING  # noqa: E402
+
 SIDES = ("ours", "diffusers")
 STAGES = ("prior", "decoder", "super_res")
 PROMPT = "a photo of a corgi"
@@ -64,7 +66,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tiny", action="store_true", help="diffusers' tiny test components")
     p.add_argument("--cpus", type=int, default=0, help="pin each side to N CPUs (0: all)")
     p.add_argument("--repeats", type=int, default=1, help="timed runs per side (median)")
-    p.add_argument("--steps", default="25,25,7", help="prior,decoder,super-res steps")
+    default_steps = ",".join(str(SAMPLING[s][0]) for s in STAGES)
+    p.add_argument("--steps", default=default_steps, help="prior,decoder,super-res steps")
     p.add_argument("--warmup", type=int, default=2, help="diffusers' warm-up steps per stage")
     p.add_argument("--sides", default=",".join(SIDES), help=f"comma list of {SIDES}")
     p.add_argument("--folder", type=Path, default=None, help="where the folder is built/reused")
@@ -220,6 +223,8 @@ def run_diffusers(folder: Path, steps: dict[str, int], repeats: int, warmup: int
                 prior_num_inference_steps=prior,
                 decoder_num_inference_steps=decoder,
                 super_res_num_inference_steps=super_res,
+                prior_guidance_scale=SAMPLING["prior"][1],
+                decoder_guidance_scale=SAMPLING["decoder"][1],
                 generator=torch.Generator().manual_seed(SEED),
                 output_type="np",
             )
@@ -275,8 +280,10 @@ def run_ours(folder: Path, steps: dict[str, int], repeats: int) -> dict:
     cond = decoder.stage._cond(decoder.params, {"image_embed": np.zeros((1, d)), **text})
     low_res = up.stage.place(jnp.zeros((1, s, s, 3)))
     opts = {
-        "prior": dict(num_steps=steps["prior"], guidance_scale=4.0),
-        "decoder": dict(num_steps=steps["decoder"], sampler="unclip", guidance_scale=8.0),
+        "prior": dict(num_steps=steps["prior"], guidance_scale=SAMPLING["prior"][1]),
+        "decoder": dict(
+            num_steps=steps["decoder"], sampler="unclip", guidance_scale=SAMPLING["decoder"][1]
+        ),
         "super_res": dict(num_steps=steps["super_res"]),
     }
     # The stages' jitted `_sample` programs, lowered on these shapes and shardings.
@@ -347,24 +354,23 @@ def run_child(argv: list[str], what: str) -> str:
     return proc.stdout
 
 
-def summarise(result: dict) -> dict[str, dict[str, float]]:
-    """Median wall and CPU seconds per stage and in total over the runs."""
-    rows = {}
-    for stage in (*STAGES, "total"):
-        per_run = [
-            {k: sum(r[s][k] for s in STAGES) for k in ("wall_s", "cpu_s")}
-            if stage == "total"
-            else r[stage]
-            for r in result["runs"]
-        ]
-        rows[stage] = {k: statistics.median(p[k] for p in per_run) for k in ("wall_s", "cpu_s")}
+def summarise(result: dict, scale: dict[str, float] | None = None) -> dict[str, dict]:
+    """Median wall and CPU seconds per stage over the runs, each times `scale[stage]`
+    (default 1), and their total."""
+    rows = {
+        stage: {
+            k: statistics.median(r[stage][k] for r in result["runs"]) * (scale or {}).get(stage, 1)
+            for k in ("wall_s", "cpu_s")
+        }
+        for stage in STAGES
+    }
+    rows["total"] = {k: sum(rows[s][k] for s in STAGES) for k in ("wall_s", "cpu_s")}
     return rows
 
 
-def table(results: dict[str, dict], steps: dict[str, int]) -> str:
-    """The side-by-side table: per stage wall / CPU seconds of each side and the speedup."""
+def _rows(results: dict[str, dict], steps: dict[str, int], scale=None) -> list[str]:
     sides = [s for s in SIDES if s in results]
-    medians = {s: summarise(results[s]) for s in sides}
+    medians = {s: summarise(results[s], scale) for s in sides}
     head = f"{'stage':<10} {'steps':>5}"
     for s in sides:
         head += f" {s + ' wall s':>16} {s + ' CPU s':>15}"
@@ -372,8 +378,7 @@ def table(results: dict[str, dict], steps: dict[str, int]) -> str:
         head += f" {'speedup wall':>12} {'speedup CPU':>11}"
     lines = [head]
     for stage in (*STAGES, "total"):
-        n = steps.get(stage, "")
-        line = f"{stage:<10} {n!s:>5}"
+        line = f"{stage:<10} {steps.get(stage, '')!s:>5}"
         for s in sides:
             m = medians[s][stage]
             line += f" {m['wall_s']:>16.2f} {m['cpu_s']:>15.2f}"
@@ -381,6 +386,20 @@ def table(results: dict[str, dict], steps: dict[str, int]) -> str:
             a, b = medians["ours"][stage], medians["diffusers"][stage]
             line += f" {b['wall_s'] / a['wall_s']:>12.2f} {b['cpu_s'] / a['cpu_s']:>11.2f}"
         lines.append(line)
+    return lines
+
+
+def table(results: dict[str, dict], steps: dict[str, int]) -> str:
+    """The side-by-side table: per stage median wall / CPU seconds of each side and the
+    speedup; with fewer steps than diffusers' defaults also the stages scaled per step to
+    them; parameters, load seconds, peak memory and our compile seconds."""
+    sides = [s for s in SIDES if s in results]
+    lines = _rows(results, steps)
+    default = {stage: SAMPLING[stage][0] for stage in STAGES}
+    if steps != default:
+        scale = {stage: default[stage] / steps[stage] for stage in STAGES}
+        lines += ["", "scaled per step to diffusers' default steps:"]
+        lines += _rows(results, default, scale)
     lines.append("")
     lines.append(f"{'parameters':<22}" + "".join(f" {s:>14}" for s in sides))
     for row in PIPELINE_PARTS:
@@ -421,7 +440,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     meta = {
         "size": "tiny" if args.tiny else "karlo",
         "steps": args.steps,
-        "guidance": {"prior": 4.0, "decoder": 8.0},
+        "guidance": {s: SAMPLING[s][1] for s in STAGES},
         "cpus": args.cpus or len(os.sched_getaffinity(0)),
         "repeats": args.repeats,
         "diffusers_warmup_steps": args.warmup,

@@ -11,6 +11,12 @@ widths are read from the checkpoint:
     ... --config.clip.hf_checkpoint=path/to/clip-vit-large-patch14
 One stage in the same workdir layout: configs/unclip.py:STAGE, STAGE = clip | prior | decoder |
 upsampler (prior and decoder embed the source with the workdir's CLIP on first use).
+Fine-tuning Karlo's prior or decoder (a diffusers unCLIP folder; the model config, schedule and
+objective are then the folder's, and the data is embedded as Karlo's CLIP embeds it; export
+with python -m dalle2_jax.convert.diffusers_finetune, docs/pretrained.md):
+    python train.py --config configs/unclip.py:prior --workdir runs/ft \
+        --config.init_from=karlo-v1-alpha --config.clip.hf_checkpoint=clip-vit-large-patch14 \
+        --config.data.train_source=... --config.optim.learning_rate=1e-5
 Source specs (`dalle2_jax.data.sources.open_source`): webdataset:GLOB:SIZE, folder:DIR:SIZE,
 tfds:NAME[:SPLIT]:SIZE, array_record:GLOB:SIZE, shapes:SPLIT:SIZE[:SEED]; each stage reads the
 source at its own resolution (CLIP's, the decoder's, the upsampler's target), whatever SIZE says.
@@ -117,6 +123,7 @@ def prior_config(tiny: bool, data: ml_collections.ConfigDict) -> ml_collections.
     config.seed = SEED
     config.embeddings = _embeddings(tiny, data)
     config.clip = ml_collections.ConfigDict({"hf_checkpoint": data.get_ref("hf_checkpoint")})
+    config.init_from = ""  # a diffusers unCLIP folder (Karlo) to fine-tune; sets config.model
     config.mesh = common.base_config().mesh
     config.num_steps = 600_000
     config.batch_size = 4096
@@ -152,6 +159,7 @@ def decoder_config(tiny: bool, data: ml_collections.ConfigDict) -> ml_collection
     config.seed = SEED
     config.embeddings = _embeddings(tiny, data)
     config.clip = ml_collections.ConfigDict({"hf_checkpoint": data.get_ref("hf_checkpoint")})
+    config.init_from = ""  # a diffusers unCLIP folder (Karlo) to fine-tune; sets config.model
     config.num_steps = 800_000
     config.batch_size = 256
     config.log_every = 100

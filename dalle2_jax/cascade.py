@@ -54,7 +54,14 @@ def ensure_embeddings(emb: ml_collections.ConfigDict, encoder, workdir: str | Pa
 def prepare_stage(config: ml_collections.ConfigDict, workdir: str | Path) -> None:
     """Point a prior/decoder config without an embeddings directory at the workdir's shards,
     computing them first if needed (with the workdir's trained CLIP stage or the configured
-    Hugging Face CLIP, whose widths and input size then set the config's)."""
+    Hugging Face CLIP, whose widths and input size then set the config's). With
+    `config.init_from` (a diffusers unCLIP folder) the model config is that folder's first
+    (`convert.diffusers_finetune.configure_stage`) and the CLIP must fit it."""
+    init_from = config.get("init_from")
+    if init_from:
+        from dalle2_jax.convert.diffusers_finetune import configure_stage
+
+        configure_stage(config)
     if config.stage not in EMBEDDING_STAGES or config.data.get("embeddings_dir"):
         return
     if config.data.get("source") == "synthetic":
@@ -68,6 +75,10 @@ def prepare_stage(config: ml_collections.ConfigDict, workdir: str | Path) -> Non
     encoder = ClipEncoder.for_stage(config, workdir)
     with config.unlocked():
         if (config.get("clip") or {}).get("hf_checkpoint"):
+            if init_from:
+                from dalle2_jax.convert.diffusers_finetune import check_clip
+
+                check_clip(config, encoder.config)
             match_clip(config, encoder.config)
         config.data.embeddings_dir = str(embeddings_dir(workdir, "train"))
         config.data.eval_embeddings_dir = str(embeddings_dir(workdir, "eval"))

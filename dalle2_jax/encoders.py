@@ -84,15 +84,29 @@ class ClipEncoder:
     def for_stage(cls, config, workdir: str | Path) -> ClipEncoder:
         """The frozen CLIP a prior / decoder config reads: `config.clip.hf_checkpoint` if set,
         else the CLIP stage trained under the run's `workdir`."""
-        hf = (config.get("clip") or {}).get("hf_checkpoint")
-        return cls.from_hf(hf) if hf else cls.from_clip_workdir(workdir)
+        clip = config.get("clip") or {}
+        hf = clip.get("hf_checkpoint")
+        if not hf:
+            return cls.from_clip_workdir(workdir)
+        # Karlo's embeddings (config.init_from): raw, padding attended.
+        mode = {k: clip[k] for k in ("normalize", "attend_padding") if k in clip}
+        return cls.from_hf(hf, **mode)
 
     @classmethod
-    def from_hf(cls, path: str | Path, **overrides) -> ClipEncoder:
+    def from_hf(
+        cls, path: str | Path, *, normalize: bool = True, attend_padding: bool = False, **overrides
+    ) -> ClipEncoder:
         """A Hugging Face CLIP checkpoint directory (weights, config and BPE vocabulary)."""
         config, params = load_hf_clip(path, **overrides)
         tokenizer = load_tokenizer(Path(path), config.text.context_length)
-        return cls(config, params, tokenizer, name=f"hf:{Path(path).name}")
+        return cls(
+            config,
+            params,
+            tokenizer,
+            name=f"hf:{Path(path).name}",
+            normalize=normalize,
+            attend_padding=attend_padding,
+        )
 
     def tokenize(self, captions: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         return self.tokenizer(list(captions))

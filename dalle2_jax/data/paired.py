@@ -47,7 +47,7 @@ def check_provenance(shards: EmbeddingShards, source: str, image_size: int, coun
 class SyntheticDecoderSource:
     """Unit-norm random embeddings [D] with images that are a closed-form function of them:
     a vertical gradient between two colours read from the embedding; optional random caption
-    tokens [L, W] (float16) with a random-length mask."""
+    tokens [L, W] (float16) with a random-length mask and a pooled text embedding [E]."""
 
     def __init__(
         self,
@@ -57,11 +57,12 @@ class SyntheticDecoderSource:
         length: int,
         text_len: int = 0,
         text_width: int = 0,
+        text_embed_dim: int = 0,
     ):
         if embed_dim < 6:
             raise ValueError(f"Synthetic decoder data needs embed_dim >= 6, got {embed_dim}.")
         self.seed, self.size, self.dim, self.length = seed, image_size, embed_dim, length
-        self.text_len, self.text_width = text_len, text_width
+        self.text_len, self.text_width, self.text_embed_dim = text_len, text_width, text_embed_dim
 
     def __len__(self) -> int:
         return self.length
@@ -78,6 +79,8 @@ class SyntheticDecoderSource:
             tokens = rng.standard_normal((self.text_len, self.text_width))
             example["text_tokens"] = tokens.astype(np.float16)
             example["text_mask"] = np.arange(self.text_len) < rng.integers(1, self.text_len + 1)
+        if self.text_embed_dim:
+            example["text_embed"] = rng.standard_normal(self.text_embed_dim).astype(np.float32)
         return example
 
 

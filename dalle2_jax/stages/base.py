@@ -61,6 +61,12 @@ class Stage(abc.ABC):
         """Scalar float32 training loss on a (micro-)batch and a dict of scalar metrics.
         A stage with `frozen_params` takes them as a fourth argument."""
 
+    def initial_params(self) -> PyTree | None:
+        """Unboxed host params to start training from instead of `init` (e.g. converted
+        pretrained weights, `config.init_from`), or None. Called once, before step 0 of a
+        fresh run (never on resume); the trainer places them with the state's shardings."""
+        return None
+
     def frozen_params(self) -> PyTree | None:
         """Parameters the loss reads but training never changes (e.g. a frozen CLIP), or None.
         The trainer places them replicated on the mesh and passes them to every step; they

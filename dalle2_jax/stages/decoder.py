@@ -4,7 +4,11 @@ The GLIDE U-Net (`UNetConfig` from `config.model`, CLIP-conditioned, `learned_si
 trained with the improved-DDPM hybrid loss (eps MSE + 0.001 * T * L_vlb). For classifier-free
 guidance the CLIP embedding is replaced by a learned null embedding with probability
 `config.model.image_drop_prob` (0.1) and the caption is dropped (text_mask all False) with
-probability `config.model.text_drop_prob` (0.5), independently.
+probability `config.model.text_drop_prob` (0.5), independently. A U-Net that reads CLIP's
+pooled text embedding (`text_embed_dim`, Karlo's decoder) has no masked-out caption: a dropped
+caption is the CLIP encoding of "" (`stages.empty_prompt`), as its guidance expects.
+`config.init_from` starts from a diffusers unCLIP folder's decoder and text projection
+(`convert.diffusers_finetune`).
 
 Data: precomputed CLIP embeddings (`EmbeddingShards` in `config.data.embeddings_dir` /
 `eval_embeddings_dir`) joined by source index with the images of the source they were computed
@@ -33,7 +37,7 @@ from dalle2_jax.data.paired import (
 from dalle2_jax.data.sources import open_source
 from dalle2_jax.models.clip import CLIP
 from dalle2_jax.models.unet import UNet, UNetConfig
-from dalle2_jax.stages import register
+from dalle2_jax.stages import empty_prompt, register
 from dalle2_jax.stages.base import Stage
 from dalle2_jax.stages.upsampler import unet_config_from
 
@@ -57,6 +61,7 @@ class Decoder(nn.Module):
         text_mask=None,
         drop_text=None,
         train: bool = False,
+        text_embed=None,
     ):
         dim = self.config.clip_embed_dim
         null = self.param(
@@ -74,7 +79,13 @@ class Decoder(nn.Module):
             if drop_text is not None:
                 text_mask = text_mask.astype(bool) & ~drop_text[:, None]
         return UNet(self.config, name="unet")(
-            x, t, clip_embed=embed, text_tokens=text_tokens, text_mask=text_mask, train=train
+            x,
+            t,
+            clip_embed=embed,
+            text_tokens=text_tokens,
+            text_mask=text_mask,
+            text_embed=text_embed,
+            train=train,
         )
 
 
@@ -105,10 +116,45 @@ class DecoderStage(Stage):
         self._eval_jit = jax.jit(self._eval_terms)
         self._invert_jit = jax.jit(self._invert_program, static_argnames=("num_steps",))
         self._clip = None  # the frozen CLIP of the in-step mode, loaded on first use
+        self._empty = None  # the encoded empty caption (`reads_text_embed`), on first use
+        if self.reads_text_embed and self.embeds_in_step:
+            raise ValueError(
+                "A decoder that reads CLIP's pooled text embedding (Karlo's) trains on "
+                "precomputed raw embeddings; config.embeddings.mode='in_step' embeds unit-norm "
+                "ones. Use mode='precomputed'."
+            )
 
     @property
     def reads_text(self) -> bool:
         return self.unet_config.text_width is not None
+
+    @property
+    def reads_text_embed(self) -> bool:
+        """Whether the U-Net reads CLIP's pooled text embedding (Karlo's); its null caption is
+        then the encoded empty caption (`empty_prompt`), not a masked-out one."""
+        return self.unet_config.text_embed_dim is not None
+
+    @property
+    def empty_prompt(self) -> dict[str, np.ndarray]:
+        """The CLIP encoding of "" [1, ...] (text_embed, text_tokens, text_mask)."""
+        if self._empty is None:
+            w, d = self.unet_config.text_width, self.unet_config.text_embed_dim
+            length = self.config.data.text_len
+            shapes = {"text_embed": (d,), "text_tokens": (length, w), "text_mask": (length,)}
+            self._empty = empty_prompt.load_or_encode(self.config, self.workdir, shapes)
+        return self._empty
+
+    def initial_params(self):
+        """`config.init_from`'s decoder and text projection ({"unet", "null_image_embed"}),
+        or None."""
+        if not self.config.get("init_from"):
+            return None
+        from dalle2_jax.convert.diffusers_finetune import load_params
+
+        params, _ = load_params(self.config, self.unet_config)
+        if self.reads_text_embed:
+            _ = self.empty_prompt  # encoded and saved before step 0
+        return params
 
     # -- training ------------------------------------------------------------------------------
 
@@ -181,6 +227,10 @@ class DecoderStage(Stage):
                 (length, self.unet_config.text_width), jnp.float16
             )
             spec["text_mask"] = jax.ShapeDtypeStruct((length,), jnp.bool_)
+        if self.reads_text_embed:
+            spec["text_embed"] = jax.ShapeDtypeStruct(
+                (self.unet_config.text_embed_dim,), jnp.float32
+            )
         return spec
 
     def init(self, rng):
@@ -195,6 +245,7 @@ class DecoderStage(Stage):
             dummy.get("text_tokens"),
             dummy.get("text_mask"),
             jnp.zeros((1,), bool),
+            text_embed=dummy.get("text_embed"),
         )["params"]
 
     def source(self, split):
@@ -209,6 +260,7 @@ class DecoderStage(Stage):
                 self.unet_config.clip_embed_dim,
                 d.num_examples,
                 *dims,
+                text_embed_dim=self.unet_config.text_embed_dim or 0,
             )
         emb = self.config.embeddings
         if self.embeds_in_step:
@@ -247,7 +299,9 @@ class DecoderStage(Stage):
                 )
 
     def _apply(self, params, x, t, cond, train: bool = False, rng=None):
-        embed, drop_image, tokens, mask, drop_text = cond
+        # (image_embed, drop_image, text_tokens, text_mask, drop_text[, text_embed])
+        embed, drop_image, tokens, mask, drop_text, *rest = cond
+        text_embed = rest[0] if rest else None
         rngs = None if rng is None else {"dropout": rng}
         return self.model.apply(
             {"params": params},
@@ -259,6 +313,7 @@ class DecoderStage(Stage):
             mask,
             drop_text,
             train=train,
+            text_embed=text_embed,
             rngs=rngs,
         )
 
@@ -268,13 +323,7 @@ class DecoderStage(Stage):
         batch_size = batch["image"].shape[0]
         drop_image = jax.random.bernoulli(key_image, self.image_drop_prob, (batch_size,))
         drop_text = jax.random.bernoulli(key_text, self.text_drop_prob, (batch_size,))
-        cond = (
-            batch["image_embed"],
-            drop_image,
-            batch.get("text_tokens"),
-            batch.get("text_mask"),
-            drop_text,
-        )
+        cond = self._cond(batch, drop_image, drop_text)
         model_fn = lambda x, t: self._apply(params, x, t, cond, True, key_dropout)
         losses, terms = diffusion.training_loss(
             self.schedule,
@@ -291,19 +340,45 @@ class DecoderStage(Stage):
             "image_drop_fraction": jnp.mean(drop_image.astype(jnp.float32)),
         }
 
+    def _cond(self, batch, drop_image, drop_text) -> tuple:
+        """The U-Net's condition tuple of a batch with the given image / caption drops (an
+        empty-caption decoder replaces dropped captions by the encoded empty caption)."""
+        tokens, mask = batch.get("text_tokens"), batch.get("text_mask")
+        text_embed = batch.get("text_embed")
+        if self.reads_text_embed:
+            caption = (text_embed, tokens, mask)
+            text_embed, tokens, mask = empty_prompt.replace_caption(
+                drop_text, caption, self.empty_prompt
+            )
+            drop_text = None
+        return (batch["image_embed"], drop_image, tokens, mask, drop_text, text_embed)
+
     # -- sampling ------------------------------------------------------------------------------
 
     def conditional_fn(
-        self, params, image_embed, text_tokens=None, text_mask=None, guidance_scale: float = 1.0
+        self,
+        params,
+        image_embed,
+        text_tokens=None,
+        text_mask=None,
+        guidance_scale: float = 1.0,
+        text_embed=None,
     ):
         """model_fn(x, t) of the guided model: both halves in one batched call, unless the
         scale is the python number 1 (the conditional model alone); a traced scale always
         goes through the guidance wrapper."""
         b = image_embed.shape[0]
-        cond = (image_embed, jnp.zeros((b,), bool), text_tokens, text_mask, jnp.zeros((b,), bool))
+        batch = {
+            "image_embed": image_embed,
+            "text_tokens": text_tokens,
+            "text_mask": text_mask,
+            "text_embed": text_embed,
+        }
+        no, yes = jnp.zeros((b,), bool), jnp.ones((b,), bool)
+        cond = self._cond(batch, no, no)
         if isinstance(guidance_scale, int | float) and guidance_scale == 1.0:
             return lambda x, t: self._apply(params, x, t, cond)
-        null = (image_embed, jnp.ones((b,), bool), text_tokens, text_mask, jnp.ones((b,), bool))
+        null = self._cond(batch, yes, yes)
         return diffusion.classifier_free_guidance(
             lambda x, t, c: self._apply(params, x, t, c),
             cond,
@@ -316,8 +391,7 @@ class DecoderStage(Stage):
         self,
         params,
         image_embed,
-        text_tokens,
-        text_mask,
+        caption,
         key,
         *,
         num_steps,
@@ -326,7 +400,14 @@ class DecoderStage(Stage):
         x_T=None,
     ):
         s = self.config.data.image_size
-        model_fn = self.conditional_fn(params, image_embed, text_tokens, text_mask, guidance_scale)
+        model_fn = self.conditional_fn(
+            params,
+            image_embed,
+            caption["text_tokens"],
+            caption["text_mask"],
+            guidance_scale,
+            caption["text_embed"],
+        )
         return diffusion.sample(
             self.schedule,
             model_fn,
@@ -340,50 +421,69 @@ class DecoderStage(Stage):
             x_T=x_T,
         )
 
-    def _check_inputs(self, image_embed, text_tokens, text_mask):
+    def _check_inputs(self, image_embed, cond) -> dict:
+        """The caption arrays of `cond` (text_tokens, text_mask, text_embed; None where the
+        decoder reads none), checked; an absent caption is a dropped one."""
         d = self.unet_config.clip_embed_dim
+        text_tokens, text_mask = cond.get("text_tokens"), cond.get("text_mask")
         if image_embed.ndim != 2 or image_embed.shape[1] != d:
             raise ValueError(
                 f"image_embed must be [B, {d}] (the CLIP width this decoder was "
                 f"built for), got {image_embed.shape}."
             )
+        none = {"text_tokens": None, "text_mask": None, "text_embed": None}
         if not self.reads_text:
             if text_tokens is not None:
                 raise ValueError(
                     "text_tokens given, but this decoder has no text conditioning "
                     "(config.model.text_width is None)."
                 )
-            return None, None
+            return none
         b, length, width = (
             image_embed.shape[0],
             self.config.data.text_len,
             self.unet_config.text_width,
         )
         if text_tokens is None:  # caption dropped: the image embedding alone
-            return jnp.zeros((b, length, width), jnp.float32), jnp.zeros((b, length), bool)
+            if self.reads_text_embed:
+                empty = self.empty_prompt
+                return {k: jnp.repeat(jnp.asarray(v), b, axis=0) for k, v in empty.items()}
+            return {
+                **none,
+                "text_tokens": jnp.zeros((b, length, width), jnp.float32),
+                "text_mask": jnp.zeros((b, length), bool),
+            }
         text_tokens = jnp.asarray(text_tokens, jnp.float32)
         if text_tokens.ndim != 3 or text_tokens.shape[0] != b or text_tokens.shape[2] != width:
             raise ValueError(f"text_tokens must be [B={b}, L, {width}], got {text_tokens.shape}.")
         if text_mask is None:
             text_mask = jnp.ones(text_tokens.shape[:2], bool)
-        return text_tokens, jnp.asarray(text_mask, bool)
+        caption = {**none, "text_tokens": text_tokens, "text_mask": jnp.asarray(text_mask, bool)}
+        if self.reads_text_embed:
+            text_embed = cond.get("text_embed")
+            want = (b, self.unet_config.text_embed_dim)
+            if text_embed is None or tuple(np.shape(text_embed)) != want:
+                raise ValueError(
+                    f"This decoder reads CLIP's pooled text embedding: cond needs text_embed "
+                    f"{list(want)} with the caption, got "
+                    f"{None if text_embed is None else np.shape(text_embed)}."
+                )
+            caption["text_embed"] = jnp.asarray(text_embed, jnp.float32)
+        return caption
 
     def sample(self, params, cond, key, *, x_T: jax.Array | None = None, **options) -> jax.Array:
         """Images [B, S, S, 3] in [-1, 1] for `cond`: CLIP image embeddings image_embed [B, D]
         and, if `reads_text`, caption token encodings text_tokens [B, L, W] with text_mask
-        [B, L] (omitted = caption dropped). Options: num_steps, sampler ("ddpm" uses the
-        learned variance, "ddim" and "dpm++2m" drop it), guidance_scale. `x_T` starts from a
-        given latent (e.g. from `invert`) instead of noise."""
+        [B, L] (omitted = caption dropped), and text_embed [B, D] if `reads_text_embed`.
+        Options: num_steps, sampler ("ddpm" uses the learned variance, "ddim" and "dpm++2m"
+        drop it), guidance_scale. `x_T` starts from a given latent (e.g. from `invert`)
+        instead of noise."""
         opts = self.sample_options(**options)
         image_embed = jnp.asarray(cond["image_embed"], jnp.float32)
-        text_tokens, text_mask = self._check_inputs(
-            image_embed, cond.get("text_tokens"), cond.get("text_mask")
-        )
         return self._sample_jit(
             params,
             image_embed,
-            text_tokens,
-            text_mask,
+            self._check_inputs(image_embed, cond),
             key,
             num_steps=int(opts["num_steps"]),
             sampler=str(opts["sampler"]),
@@ -396,20 +496,23 @@ class DecoderStage(Stage):
         latent x_T under the conditional model (`cond` as for `sample`);
         `sample(..., sampler="ddim", x_T=...)` maps it back."""
         image_embed = jnp.asarray(cond["image_embed"], jnp.float32)
-        text_tokens, text_mask = self._check_inputs(
-            image_embed, cond.get("text_tokens"), cond.get("text_mask")
-        )
         return self._invert_jit(
             params,
             jnp.asarray(x, jnp.float32),
             image_embed,
-            text_tokens,
-            text_mask,
+            self._check_inputs(image_embed, cond),
             num_steps=int(num_steps),
         )
 
-    def _invert_program(self, params, images, image_embed, text_tokens, text_mask, *, num_steps):
-        model_fn = self.conditional_fn(params, image_embed, text_tokens, text_mask, 1.0)
+    def _invert_program(self, params, images, image_embed, caption, *, num_steps):
+        model_fn = self.conditional_fn(
+            params,
+            image_embed,
+            caption["text_tokens"],
+            caption["text_mask"],
+            1.0,
+            caption["text_embed"],
+        )
         return diffusion.ddim_invert(
             self.schedule,
             model_fn,
@@ -440,15 +543,8 @@ class DecoderStage(Stage):
 
     def _eval_terms(self, params, frozen, batch, key, t):
         batch = self._embed(frozen, batch)
-        b = batch["image"].shape[0]
-        no_drop = jnp.zeros((b,), bool)
-        cond = (
-            batch["image_embed"],
-            no_drop,
-            batch.get("text_tokens"),
-            batch.get("text_mask"),
-            no_drop,
-        )
+        no_drop = jnp.zeros((batch["image"].shape[0],), bool)
+        cond = self._cond(batch, no_drop, no_drop)
         _, terms = diffusion.training_loss(
             self.schedule,
             lambda x, tt: self._apply(params, x, tt, cond),

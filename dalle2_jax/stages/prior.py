@@ -4,7 +4,10 @@ Reads precomputed CLIP embeddings (`dalle2_jax.data.embeddings.EmbeddingShards`)
 `config.data.embeddings_dir` (train) and `config.data.eval_embeddings_dir` (eval). Training:
 cosine schedule over `config.diffusion.num_timesteps` steps, the transformer predicts the
 normalised unnoised image embedding (x0) under an MSE loss, and the caption is replaced by the
-learned null with probability `config.model.cond_drop_prob` for classifier-free guidance.
+learned null with probability `config.model.cond_drop_prob` for classifier-free guidance (by
+the CLIP encoding of "" for a prior without one, `learned_null=False`, as Karlo's:
+`stages.empty_prompt`). `config.init_from` starts from a diffusers unCLIP folder's prior, with
+its clip_mean / clip_std normalisation (`convert.diffusers_finetune`).
 
 Sampling draws `best_of` embeddings per caption in one batched sampler call and keeps the one
 with the highest dot product with the text embedding, as the paper does with two samples.
@@ -29,7 +32,7 @@ from dalle2_jax.data.embeddings import (
     EmbeddingShards,
 )
 from dalle2_jax.models.prior import DiffusionPrior, PriorConfig, dummy_inputs
-from dalle2_jax.stages import register
+from dalle2_jax.stages import empty_prompt, register
 from dalle2_jax.stages.base import Stage
 
 NORMALIZER_FILE = "embed_norm.json"
@@ -179,6 +182,7 @@ class PriorStage(Stage):
         )
         self.cond_drop_prob = float(config.model.get("cond_drop_prob", 0.1))
         self._normalizer: EmbeddingNormalizer | None = None
+        self._empty: dict[str, np.ndarray] | None = None
         self._sample_jit = jax.jit(
             self._sample_program,
             static_argnames=("num_steps", "sampler", "guidance_scale", "best_of", "select"),
@@ -219,10 +223,35 @@ class PriorStage(Stage):
             logging.info("Image-embedding statistics of %d examples saved to %s.", count, path)
         return norm
 
+    @property
+    def empty_prompt(self) -> dict[str, np.ndarray]:
+        """The null caption of a prior without a learned one: the CLIP encoding of "" [1, ...]."""
+        if self._empty is None:
+            spec = self.batch_spec()
+            shapes = {k: spec[k].shape for k in empty_prompt.KEYS}
+            self._empty = empty_prompt.load_or_encode(self.config, self.workdir, shapes)
+        return self._empty
+
     # -- training ------------------------------------------------------------------------------
 
     def init(self, rng):
         return self.model.init(rng, *dummy_inputs(self.prior_config))["params"]
+
+    def initial_params(self):
+        """`config.init_from`'s prior (and its clip_mean / clip_std, saved as the workdir's
+        normalisation), or None."""
+        if not self.config.get("init_from"):
+            return None
+        from dalle2_jax.convert.diffusers_finetune import load_params
+
+        params, normalizer = load_params(self.config, self.prior_config)
+        self._normalizer = normalizer
+        if self.workdir is not None and jax.process_index() == 0:
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            normalizer.save(self.workdir / NORMALIZER_FILE)
+        if not self.prior_config.learned_null:
+            _ = self.empty_prompt  # encoded and saved before step 0
+        return params
 
     def batch_spec(self):
         return prior_batch_spec(self.prior_config)
@@ -248,7 +277,11 @@ class PriorStage(Stage):
         key_drop, key_diffusion = jax.random.split(rng)
         x0 = self.normalizer.normalize(batch["image_embed"].astype(jnp.float32))
         drop = jax.random.bernoulli(key_drop, self.cond_drop_prob, (x0.shape[0],))
-        cond = (batch["text_embed"], batch.get("text_tokens"), batch.get("text_mask"), drop)
+        caption = (batch["text_embed"], batch.get("text_tokens"), batch.get("text_mask"))
+        if self.prior_config.learned_null:
+            cond = (*caption, drop)
+        else:  # Karlo's: a dropped caption is the encoded empty caption
+            cond = (*empty_prompt.replace_caption(drop, caption, self.empty_prompt), None)
         model_fn = lambda x, t: self._apply(params, x, t, cond)
         losses, _ = diffusion.training_loss(
             self.schedule,
@@ -279,11 +312,22 @@ class PriorStage(Stage):
         B, D = text_embed.shape
         tile = lambda x: None if x is None else jnp.tile(x, (best_of,) + (1,) * (x.ndim - 1))
         te, tok, mask = tile(text_embed), tile(text_tokens), tile(text_mask)
-        cond = (te, tok, mask, jnp.zeros((best_of * B,), bool))
+        cond = (
+            te,
+            tok,
+            mask,
+            jnp.zeros((best_of * B,), bool) if self.prior_config.learned_null else None,
+        )
         if guidance_scale == 1.0:  # the conditional model alone: skip the unconditional half
             model_fn = lambda x, t: self._apply(params, x, t, cond)
         else:
             null = (te, tok, mask, jnp.ones((best_of * B,), bool))
+            if not self.prior_config.learned_null:
+                every = jnp.ones((best_of * B,), bool)
+                null = (
+                    *empty_prompt.replace_caption(every, (te, tok, mask), self.empty_prompt),
+                    None,
+                )
             model_fn = diffusion.classifier_free_guidance(
                 lambda x, t, c: self._apply(params, x, t, c), cond, null, guidance_scale
             )

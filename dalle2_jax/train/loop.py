@@ -214,7 +214,11 @@ def _train(
         nonfinite_skipped = int(data_state.get("nonfinite_skipped", 0))
         log.info("Resumed %s from step %d.", config.stage, int(state.step))
     else:
-        state, shardings = create_train_state(init_params, tx, mesh, rules, init_key)
+        initial = stage.initial_params()  # e.g. config.init_from; None: random init
+        state, shardings = create_train_state(init_params, tx, mesh, rules, init_key, initial)
+        if initial is not None:
+            log.info("%s starts from %s.", config.stage, config.get("init_from"))
+        del initial
     start_step = int(state.step)
     if start_step >= config.num_steps:
         log.info("%s is already trained to step %d.", config.stage, start_step)

@@ -272,7 +272,7 @@ def export_stage(
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Export a prior / decoder fine-tuned with config.init_from to diffusers."
     )
@@ -282,7 +282,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--source", default=None, help="folder whose other components are copied (init_from)"
     )
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     out = export_stage(args.workdir, args.stage, args.out, args.source)
     print(f"Wrote {out}")
 

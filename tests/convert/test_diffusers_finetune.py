@@ -37,7 +37,7 @@ from diffusers import PriorTransformer, UnCLIPScheduler, UNet2DConditionModel  #
 from diffusers.pipelines.deprecated.unclip.text_proj import UnCLIPTextProjModel  # noqa: E402
 
 from configs import unclip  # noqa: E402
-from dalle2_jax import diffusion  # noqa: E402
+from dalle2_jax import diffusion, stages  # noqa: E402
 from dalle2_jax.cascade import prepare_stage  # noqa: E402
 from dalle2_jax.convert import diffusers_finetune as ft  # noqa: E402
 from dalle2_jax.data.embeddings import ShardWriter  # noqa: E402
@@ -137,6 +137,14 @@ def prior_run(karlo, tmp_path_factory) -> SimpleNamespace:
     return SimpleNamespace(config=config, workdir=workdir, data=data)
 
 
+@pytest.fixture(scope="module")
+def prior_trained(prior_run) -> SimpleNamespace:
+    """`prior_run` after STEPS fine-tuning steps."""
+    state = train_and_evaluate(prior_run.config, prior_run.workdir)
+    assert int(state.step) == STEPS
+    return prior_run
+
+
 def test_prior_config_is_the_folders(karlo, prior_run):
     c = prior_run.config
     folder = json.loads((karlo.folder / "prior" / "config.json").read_text())
@@ -198,10 +206,9 @@ def test_prior_starts_from_the_folder_and_its_loss_is_diffusers_objective(karlo,
     assert abs(float(loss) - expected) <= 1e-5 * expected
 
 
-def test_prior_fine_tunes_and_exports_to_diffusers(karlo, prior_run, tmp_path):
+def test_prior_fine_tunes_and_exports_to_diffusers(karlo, prior_trained, tmp_path):
+    prior_run = prior_trained
     config, workdir = prior_run.config, prior_run.workdir
-    state = train_and_evaluate(config, workdir)
-    assert int(state.step) == STEPS
     losses = [
         json.loads(line)["loss"]
         for line in (workdir / "prior" / "metrics.jsonl").read_text().splitlines()
@@ -238,7 +245,8 @@ def test_prior_fine_tunes_and_exports_to_diffusers(karlo, prior_run, tmp_path):
     assert np.max(np.abs(np.asarray(ours) - torch_prior(theirs, x, t, *caption))) <= TOL
 
 
-def test_a_resumed_run_never_reads_init_from(prior_run, tmp_path):
+def test_a_resumed_run_never_reads_init_from(prior_trained, tmp_path):
+    prior_run = prior_trained
     workdir = tmp_path / "resume"
     shutil.copytree(prior_run.workdir / "prior", workdir / "prior")
     config = ml_collections.ConfigDict(prior_run.config.to_dict())
@@ -275,7 +283,8 @@ def test_decoder_starts_from_the_folder_fine_tunes_and_exports(karlo, tmp_path):
     # (a) The state's params predict what diffusers' text_proj + UNet2DConditionModel predict.
     no = jnp.zeros((4,), bool)
     cond = stage._cond({**batch, "image_embed": batch["image_embed"]}, no, no)
-    ours = jax.jit(lambda p: stage._apply(p, x, jnp.asarray(t, jnp.int32), cond))(state.params)
+    apply = jax.jit(lambda p, steps: stage._apply(p, x, steps, cond))
+    ours = apply(state.params, jnp.asarray(t, jnp.int32))
     nchw = lambda a: np.asarray(a).transpose(0, 3, 1, 2)
     theirs = diffusers_decoder(
         d, nchw(x), torch.from_numpy(t), batch["image_embed"], caption, False
@@ -286,7 +295,7 @@ def test_decoder_starts_from_the_folder_fine_tunes_and_exports(karlo, tmp_path):
     # dropped (the empty caption of transformers), on the stage's documented draws.
     with config.unlocked():
         config.model.update(image_drop_prob=0.0, text_drop_prob=1.0)
-    stage_b, _, _ = born(config, tmp_path / "born_b")
+    stage_b = stages.get_stage(config, tmp_path / "born" / "decoder")  # its empty_prompt.npz
     rng = jax.random.key(7)
     _, metrics = jax.jit(stage_b.loss)(
         state.params, {k: jnp.asarray(v) for k, v in batch.items()}, rng
@@ -324,9 +333,8 @@ def test_decoder_starts_from_the_folder_fine_tunes_and_exports(karlo, tmp_path):
     assert moved > 1e-4
     trained = load_stage(workdir, "decoder")
     t = np.array([999, 500, 20, 0])
-    ours = jax.jit(lambda p: trained.stage._apply(p, x, jnp.asarray(t, jnp.int32), cond))(
-        trained.params
-    )
+    assert trained.stage.unet_config == stage.unet_config
+    ours = apply(trained.params, jnp.asarray(t, jnp.int32))  # the same model and inputs
     theirs = diffusers_decoder(
         SimpleNamespace(unet=unet2, proj=proj2),
         nchw(x),

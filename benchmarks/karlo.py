@@ -167,8 +167,37 @@ def limit_threads(cpus: int) -> int:
     return len(os.sched_getaffinity(0))
 
 
+def _params_on_meta():
+    """A context in which torch modules are built with their parameters on the meta device (no
+    memory, no init) and their buffers real; `load_state_dict(..., assign=True)` fills them."""
+    import contextlib
+
+    import torch
+
+    register = torch.nn.Module.register_parameter
+
+    def on_meta(module, name, param):
+        if param is not None:
+            param = torch.nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+        register(module, name, param)
+
+    @contextlib.contextmanager
+    def patched():
+        torch.nn.Module.register_parameter = on_meta
+        try:
+            yield
+        finally:
+            torch.nn.Module.register_parameter = register
+
+    return patched()
+
+
 def run_diffusers(folder: Path, steps: dict[str, int], repeats: int, warmup: int) -> dict:
-    """Load the folder into diffusers' `UnCLIPPipeline` and time `repeats` calls."""
+    """diffusers' `UnCLIPPipeline.__call__` on the folder, `repeats` times, holding one stage's
+    weights at a time: the prior, decoder and super-res U-Nets are built without weights and
+    each stage's are read in when it starts (forward pre-hooks on text_proj and
+    super_res_first) and dropped when it ends; the clock stops while weights are read."""
+    import safetensors.torch
     import torch
     import transformers
     from diffusers import (
@@ -191,32 +220,69 @@ def run_diffusers(folder: Path, steps: dict[str, int], repeats: int, warmup: int
             UnCLIPTextProjModel,
         )
     }
-    start = time.perf_counter()
+    swapped = {"prior": ("prior",), "decoder": ("decoder",)}
+    swapped["super_res"] = ("super_res_first", "super_res_last")
     index = json.loads((folder / "model_index.json").read_text())
-    parts = {}
+    parts, load_s = {}, {}
     for name, (library, cls) in ((n, v) for n, v in index.items() if not n.startswith("_")):
         cls = getattr(transformers, cls) if library == "transformers" else classes[cls]
-        parts[name] = cls.from_pretrained(folder / name)
-    pipe = UnCLIPPipeline(**parts)
-    load_s = time.perf_counter() - start
+        if any(name in names for names in swapped.values()):
+            with _params_on_meta():
+                parts[name] = cls.from_config(cls.load_config(folder / name)).eval()
+        else:
+            start = time.perf_counter()
+            parts[name] = cls.from_pretrained(folder / name)
+            load_s[name] = time.perf_counter() - start
+
+    class CpuPipeline(UnCLIPPipeline):
+        @property
+        def _execution_device(self):  # not the meta device of a U-Net waiting for weights
+            return torch.device("cpu")
+
+    pipe = CpuPipeline(**parts)
     params = {
         row: sum(p.numel() for n in names for p in parts[n].parameters())
         for row, names in PIPELINE_PARTS.items()
     }
 
+    def read(stage: str) -> None:
+        for name in swapped[stage]:
+            start = time.perf_counter()
+            file = folder / name / "diffusion_pytorch_model.safetensors"
+            if not file.is_file():
+                raise FileNotFoundError(f"{file} is missing (one safetensors file expected).")
+            getattr(pipe, name).load_state_dict(
+                safetensors.torch.load_file(file), strict=True, assign=True
+            )
+            load_s[name] = time.perf_counter() - start
+
+    def drop(stage: str) -> None:  # parameters only: buffers (the prior's mask) stay
+        for name in swapped[stage]:
+            for module in getattr(pipe, name).modules():
+                for key, p in module._parameters.items():
+                    if p is not None:
+                        module._parameters[key] = torch.nn.Parameter(p.to("meta"), False)
+
     def call(prior: int, decoder: int, super_res: int, clock: Clock | None) -> None:
+        marks = clock.mark if clock is not None else lambda: None
         hooks = []
-        if clock is not None:  # stage boundaries: text_proj starts the decoder stage, ...
-            for module in (pipe.text_proj, pipe.super_res_first):
-                seen: list[bool] = []
+        for module, done, start in (
+            (pipe.text_proj, "prior", "decoder"),
+            (pipe.super_res_first, "decoder", "super_res"),
+        ):
+            seen: list[bool] = []
 
-                def hook(*_, seen=seen):
-                    if not seen:
-                        seen.append(True)
-                        clock.mark()
+            def hook(*_, seen=seen, done=done, start=start):
+                if not seen:  # the first call of this stage
+                    seen.append(True)
+                    marks()
+                    drop(done)
+                    read(start)
+                    marks()
 
-                hooks.append(module.register_forward_pre_hook(hook))
-            clock.mark()
+            hooks.append(module.register_forward_pre_hook(hook))
+        read("prior")
+        marks()
         try:
             pipe(
                 PROMPT,
@@ -231,8 +297,8 @@ def run_diffusers(folder: Path, steps: dict[str, int], repeats: int, warmup: int
         finally:
             for h in hooks:
                 h.remove()
-        if clock is not None:
-            clock.mark()
+        marks()
+        drop("super_res")
 
     if warmup:
         call(warmup, warmup, warmup, None)
@@ -240,91 +306,98 @@ def run_diffusers(folder: Path, steps: dict[str, int], repeats: int, warmup: int
     for _ in range(repeats):
         clock = Clock()
         call(steps["prior"], steps["decoder"], steps["super_res"], clock)
-        runs.append(dict(zip(STAGES, clock.split(), strict=True)))
+        prior, _, decoder, _, super_res = clock.split()  # without the reads between stages
+        runs.append({"prior": prior, "decoder": decoder, "super_res": super_res})
     return {"load_s": load_s, "compile_s": None, "params": params, "runs": runs}
 
 
 def run_ours(folder: Path, steps: dict[str, int], repeats: int) -> dict:
-    """Load the folder with `UnCLIP.from_diffusers`, compile each stage's sampling program
-    ahead of time, and time `repeats` runs of the three compiled programs."""
+    """Our stages of the folder (`convert.diffusers_unclip`'s loaders, as `UnCLIP.from_diffusers`
+    loads them), one stage's weights at a time: load, compile its sampling program ahead of
+    time, time `repeats` calls of the compiled program, drop it. Keys as `UnCLIP.text_to_image`
+    splits them."""
     import jax
-    import jax.numpy as jnp
     import numpy as np
 
-    from dalle2_jax.pipeline import UnCLIP
-    from dalle2_jax.pretrained import EMPTY_PROMPT
-
-    start = time.perf_counter()
-    pipe = UnCLIP.from_diffusers(folder)
-    load_s = time.perf_counter() - start
+    from dalle2_jax.convert import diffusers_unclip as du
+    from dalle2_jax.pretrained import EMPTY_PROMPT, empty_prompt_encoding
+    from dalle2_jax.train.mesh import make_mesh
 
     def count(tree) -> int:
         return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
 
-    strip = lambda p: {k: v for k, v in p.items() if k != EMPTY_PROMPT}
-    up = pipe.upsamplers[0]
-    params = {
-        "prior": count(strip(pipe.prior.params)),
-        "decoder": count(strip(pipe.decoder.params)),
-        "super_res": count(up.params),
-        "text_encoder": count(pipe.encoder.params),
-    }
-    prior, decoder = pipe.prior, pipe.decoder
-    # As UnCLIP.text_to_image / decode split the key.
+    def timed(name: str, fn) -> Any:
+        for run in runs:
+            clock = Clock()
+            clock.mark()
+            out = jax.block_until_ready(fn())
+            clock.mark()
+            run[name] = clock.split()[0]
+        return out
+
+    def load(name: str, fn) -> Any:
+        start = time.perf_counter()
+        stage = fn()
+        load_s[name] = time.perf_counter() - start
+        params[name] = count({k: v for k, v in stage.params.items() if k != EMPTY_PROMPT})
+        return stage
+
+    def aot(name: str, stage, *args, **static) -> Any:
+        """The stage's jitted `_sample`, lowered on these arguments and compiled."""
+        start = time.perf_counter()
+        compiled = type(stage.stage)._sample.lower(stage.stage, *args, **static).compile()
+        compile_s[name] = time.perf_counter() - start
+        print(f"compiled {name} in {compile_s[name]:.1f} s", file=sys.stderr, flush=True)
+        return compiled
+
+    runs: list[dict] = [{} for _ in range(repeats)]
+    load_s, compile_s, params = {}, {}, {}
+    start = time.perf_counter()
+    encoder = du.load_encoder(folder)
+    empty = empty_prompt_encoding(encoder)  # compiles the text tower for one caption
+    load_s["text_encoder"] = time.perf_counter() - start
+    params["text_encoder"] = count(encoder.params)
+    mesh = make_mesh({"data": -1}, jax.devices())
     k_prior, k_decoder = jax.random.split(jax.random.key(SEED))
     k_up, k_dec = jax.random.split(k_decoder)
     k_sr = jax.random.fold_in(k_up, 0)
-    text = pipe.encoder.encode_text([PROMPT])  # compiled at load (the empty prompt)
-    caption = {k: prior.stage.place(text[k]) for k in ("text_embed", "text_tokens", "text_mask")}
-    d, s = decoder.stage.config.clip_embed_dim, decoder.stage.image_size
-    cond = decoder.stage._cond(decoder.params, {"image_embed": np.zeros((1, d)), **text})
-    low_res = up.stage.place(jnp.zeros((1, s, s, 3)))
-    opts = {
-        "prior": dict(num_steps=steps["prior"], guidance_scale=SAMPLING["prior"][1]),
-        "decoder": dict(
-            num_steps=steps["decoder"], sampler="unclip", guidance_scale=SAMPLING["decoder"][1]
-        ),
-        "super_res": dict(num_steps=steps["super_res"]),
-    }
-    # The stages' jitted `_sample` programs, lowered on these shapes and shardings.
-    lowered = {
-        "prior": lambda: type(prior.stage)._sample.lower(
-            prior.stage, prior.params, caption, k_prior, **opts["prior"]
-        ),
-        "decoder": lambda: type(decoder.stage)._sample.lower(
-            decoder.stage, decoder.params, cond, k_dec, None, **opts["decoder"]
-        ),
-        "super_res": lambda: type(up.stage)._sample.lower(
-            up.stage, up.params, low_res, k_sr, **opts["super_res"]
-        ),
-    }
-    compiled, compile_s = {}, {}
-    for name, lower in lowered.items():
-        t0 = time.perf_counter()
-        compiled[name] = lower().compile()
-        compile_s[name] = time.perf_counter() - t0
-        print(f"compiled {name} in {compile_s[name]:.1f} s", file=sys.stderr, flush=True)
+    keys = ("text_embed", "text_tokens", "text_mask")
 
-    def call(clock: Clock) -> None:
-        clock.mark()
-        text = pipe.encoder.encode_text([PROMPT])
-        caption = {
-            k: prior.stage.place(text[k]) for k in ("text_embed", "text_tokens", "text_mask")
-        }
-        embed = jax.block_until_ready(compiled["prior"](prior.params, caption, k_prior))
-        clock.mark()
-        cond = decoder.stage._cond(decoder.params, {"image_embed": embed, **text})
-        images = jax.block_until_ready(compiled["decoder"](decoder.params, cond, k_dec, None))
-        clock.mark()
-        low = up.stage.place(images)
-        jax.block_until_ready(compiled["super_res"](up.params, low, k_sr))
-        clock.mark()
+    prior = load("prior", lambda: du.load_prior_stage(folder, empty, mesh))
+    text = encoder.encode_text([PROMPT])
+    caption = {k: prior.stage.place(text[k]) for k in keys}
+    guidance = SAMPLING["prior"][1]
+    program = aot(
+        "prior",
+        prior,
+        prior.params,
+        caption,
+        k_prior,
+        num_steps=steps["prior"],
+        guidance_scale=guidance,
+    )
 
-    runs = []
-    for _ in range(repeats):
-        clock = Clock()
-        call(clock)
-        runs.append(dict(zip(STAGES, clock.split(), strict=True)))
+    def prior_call():
+        text = encoder.encode_text([PROMPT])
+        caption = {k: prior.stage.place(text[k]) for k in keys}
+        return program(prior.params, caption, k_prior)
+
+    embed = timed("prior", prior_call)
+    prior = program = None  # frees the stage's weights
+
+    decoder = load("decoder", lambda: du.load_decoder_stage(folder, empty, mesh))
+    cond = decoder.stage._cond(decoder.params, {"image_embed": embed, **text})
+    options = dict(
+        num_steps=steps["decoder"], sampler="unclip", guidance_scale=SAMPLING["decoder"][1]
+    )
+    program = aot("decoder", decoder, decoder.params, cond, k_dec, None, **options)
+    images = timed("decoder", lambda: program(decoder.params, cond, k_dec, None))
+    decoder = program = None
+
+    up = load("super_res", lambda: du.load_super_res_stage(folder, mesh))
+    low_res = up.stage.place(images)
+    program = aot("super_res", up, up.params, low_res, k_sr, num_steps=steps["super_res"])
+    timed("super_res", lambda: program(up.params, up.stage.place(images), k_sr))
     return {"load_s": load_s, "compile_s": compile_s, "params": params, "runs": runs}
 
 
@@ -404,8 +477,10 @@ def table(results: dict[str, dict], steps: dict[str, int]) -> str:
     lines.append(f"{'parameters':<22}" + "".join(f" {s:>14}" for s in sides))
     for row in PIPELINE_PARTS:
         lines.append(f"{row:<22}" + "".join(f" {results[s]['params'][row]:>14,}" for s in sides))
-    for key, fmt in (("load_s", "{:.1f}"), ("peak_rss_gb", "{:.1f}")):
-        lines.append(f"{key:<22}" + "".join(f" {fmt.format(results[s][key]):>14}" for s in sides))
+    load = {s: sum(results[s]["load_s"].values()) for s in sides}
+    lines.append(f"{'load s (all parts)':<22}" + "".join(f" {load[s]:>14.1f}" for s in sides))
+    rss = {s: results[s]["peak_rss_gb"] for s in sides}
+    lines.append(f"{'peak RSS GB':<22}" + "".join(f" {rss[s]:>14.1f}" for s in sides))
     if "ours" in results:
         compile_s = results["ours"]["compile_s"]
         lines.append("ours compile s: " + ", ".join(f"{k} {v:.1f}" for k, v in compile_s.items()))

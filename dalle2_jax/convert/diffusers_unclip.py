@@ -24,6 +24,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from jax.sharding import Mesh
 
 from dalle2_jax import diffusion
 from dalle2_jax.convert import weights
@@ -138,12 +139,27 @@ def load_unclip(
     diffusers unCLIP folder, float32, params replicated over `devices` (default: all)."""
     path = Path(path)
     kind = check_files(path)
+    encoder = load_encoder(path)
+    empty = empty_prompt_encoding(encoder)
+    mesh = make_mesh({"data": -1}, list(devices or jax.devices()))
+    prior = load_prior_stage(path, empty, mesh) if kind == TEXT_TO_IMAGE else None
+    decoder = load_decoder_stage(path, empty, mesh)
+    return encoder, prior, decoder, [load_super_res_stage(path, mesh)]
+
+
+# One component at a time (what `load_unclip` composes; a caller short of memory can hold one
+# stage's weights at a time). `empty`: `empty_prompt_encoding(encoder)`.
+
+
+def load_encoder(path: Path) -> ClipEncoder:
+    """The folder's CLIP text tower (and image tower, if it has `image_encoder/`) and tokenizer,
+    with diffusers' conventions: raw embeddings, every token attended."""
     vision = path / "image_encoder"
     clip_config, clip_params = load_hf_clip_towers(
         path / "text_encoder", vision if (vision / CONFIG).is_file() else None
     )
     tokenizer = ClipBpeTokenizer(path / "tokenizer", clip_config.text.context_length)
-    encoder = ClipEncoder(
+    return ClipEncoder(
         clip_config,
         clip_params,
         tokenizer,
@@ -151,25 +167,29 @@ def load_unclip(
         normalize=False,
         attend_padding=True,
     )
-    empty = empty_prompt_encoding(encoder)
-    mesh = make_mesh({"data": -1}, list(devices or jax.devices()))
 
-    prior = None
-    if kind == TEXT_TO_IMAGE:
-        config, params, normalizer = load_diffusers_prior(path / "prior")
-        stage = DiffusersPrior(config, read_scheduler(path / "prior_scheduler"), normalizer, mesh)
-        prior = _trained(stage, {"prior": params, EMPTY_PROMPT: empty}, path / "prior")
 
+def load_prior_stage(path: Path, empty: dict, mesh: Mesh) -> TrainedStage:
+    """`prior/` + `prior_scheduler/` as a `DiffusersPrior` stage, params on `mesh`."""
+    config, params, normalizer = load_diffusers_prior(path / "prior")
+    stage = DiffusersPrior(config, read_scheduler(path / "prior_scheduler"), normalizer, mesh)
+    return _trained(stage, {"prior": params, EMPTY_PROMPT: empty}, path / "prior")
+
+
+def load_decoder_stage(path: Path, empty: dict, mesh: Mesh) -> TrainedStage:
+    """`decoder/` + `text_proj/` + `decoder_scheduler/` as a `DiffusersDecoder` stage."""
     config, params = load_decoder(path / "decoder", path / "text_proj")
     stage = DiffusersDecoder(config, read_scheduler(path / "decoder_scheduler"), mesh)
-    decoder = _trained(stage, {**params, EMPTY_PROMPT: empty}, path / "decoder")
+    return _trained(stage, {**params, EMPTY_PROMPT: empty}, path / "decoder")
 
+
+def load_super_res_stage(path: Path, mesh: Mesh) -> TrainedStage:
+    """`super_res_first/` + `super_res_last/` + `super_res_scheduler/` as `DiffusersSuperRes`."""
     first_config, first = load_super_res(path / "super_res_first")
     last_config, last = _load_super_res_last(path / "super_res_last", first_config.image_size)
     scheduler = read_scheduler(path / "super_res_scheduler")
     stage = DiffusersSuperRes(first_config, last_config, scheduler, mesh)
-    super_res = _trained(stage, {"first": first, "last": last}, path / "super_res_first")
-    return encoder, prior, decoder, [super_res]
+    return _trained(stage, {"first": first, "last": last}, path / "super_res_first")
 
 
 def _load_super_res_last(path: Path, image_size: int) -> tuple[UNetConfig, dict]:
@@ -246,6 +266,10 @@ __all__ = [
     "TEXT_TO_IMAGE",
     "check_files",
     "layout",
+    "load_decoder_stage",
+    "load_encoder",
+    "load_prior_stage",
+    "load_super_res_stage",
     "load_unclip",
     "save_unclip",
 ]

@@ -9,23 +9,27 @@ alpha's real sizes (`configs/karlo_sizes.py`) with random weights; `--tiny`: dif
 unCLIP test components (tests/convert/test_diffusers_pipeline.py), for the smoke test.
 
 1. A subprocess builds every component from its config with torch's random init (seeded) and
-   saves the diffusers folder (safetensors; ~13 GB at real size, in a temporary directory or
+   saves the diffusers folder (safetensors; 13.6 GB at real size, in a temporary directory or
    `--folder DIR`, reused if it holds a folder). The tokenizer is a byte-level CLIP BPE without
    merges (the real vocabulary is not downloaded); every caption is 77 tokens either way.
-2. Each side then runs in its own subprocess, one after the other (each holds ~13 GB at real
-   size), on the same folder, so both sample the same weights: diffusers loads every component
-   with its class's `from_pretrained` and runs `UnCLIPPipeline.__call__`; ours loads it with
-   `UnCLIP.from_diffusers` and runs its three stages as `UnCLIP.text_to_image` does.
+2. Each side then runs in its own subprocess, one after the other, on the same folder, so both
+   sample the same weights, and holds one stage's weights at a time (all of them, 13.6 GB per
+   side, do not fit a shared 24 GB machine): ours loads each stage with the loaders
+   `UnCLIP.from_diffusers` composes (`convert.diffusers_unclip.load_*`), compiles its sampling
+   program and runs it; diffusers runs `UnCLIPPipeline.__call__` with the prior, decoder and
+   super-res U-Nets' weights read into memory when their stage starts (outside the clock).
 3. Per stage, wall and CPU seconds (this process, all threads): "prior" is CLIP's text tower on
    the caption plus the guided prior loop (diffusers also encodes "" there on every call; ours
    encoded it once, at load), "decoder" the guided decoder loop with the clamp, "super-res" the
    64 -> 256 resize and the super-res loop. Ours is compiled ahead of time (`jit.lower().
    compile()`, reported as compile seconds) and then timed calling the compiled programs;
-   diffusers first runs a short warm-up (2 / 2 / 2 steps, `--warmup 0` to skip). The median of
-   `--repeats` runs is reported; speedup = diffusers / ours (> 1: ours is faster).
+   diffusers first runs a short warm-up (`--warmup K` steps per stage, 0: none). The median of
+   `--repeats` runs is reported; speedup = diffusers / ours (> 1: ours is faster). With fewer
+   steps than the defaults, each stage is also scaled per step to them (a stage's fixed costs,
+   such as the text tower, scale with it).
 `--cpus N` pins each side to the first N allowed CPUs (sched_setaffinity) and sets its thread
-pools to N: torch's intra- and inter-op threads, and XLA's (`--xla_cpu_multi_thread_eigen=false
-intra_op_parallelism_threads=N` when N is 1, else `intra_op_parallelism_threads=N`). On a
+pools to N: torch's (`torch.set_num_threads`) and XLA's (`--xla_cpu_multi_thread_eigen=false
+intra_op_parallelism_threads=1` for one CPU, else `intra_op_parallelism_threads=N`). On a
 shared machine the CPU seconds are the steadier figure.
 """
 
@@ -196,7 +200,8 @@ def run_diffusers(folder: Path, steps: dict[str, int], repeats: int, warmup: int
     """diffusers' `UnCLIPPipeline.__call__` on the folder, `repeats` times, holding one stage's
     weights at a time: the prior, decoder and super-res U-Nets are built without weights and
     each stage's are read in when it starts (forward pre-hooks on text_proj and
-    super_res_first) and dropped when it ends; the clock stops while weights are read."""
+    super_res_first), copied into memory, and dropped when it ends; the clock stops while
+    weights are read."""
     import safetensors.torch
     import torch
     import transformers
@@ -251,9 +256,10 @@ def run_diffusers(folder: Path, steps: dict[str, int], repeats: int, warmup: int
             file = folder / name / "diffusion_pytorch_model.safetensors"
             if not file.is_file():
                 raise FileNotFoundError(f"{file} is missing (one safetensors file expected).")
-            getattr(pipe, name).load_state_dict(
-                safetensors.torch.load_file(file), strict=True, assign=True
-            )
+            # load_file maps the file lazily: copied, the weights are in memory before the
+            # clock runs again, as from_pretrained leaves them.
+            state = {k: v.clone() for k, v in safetensors.torch.load_file(file).items()}
+            getattr(pipe, name).load_state_dict(state, strict=True, assign=True)
             load_s[name] = time.perf_counter() - start
 
     def drop(stage: str) -> None:  # parameters only: buffers (the prior's mask) stay

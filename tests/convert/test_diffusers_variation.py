@@ -34,8 +34,7 @@ from diffusers.pipelines.deprecated.unclip.text_proj import UnCLIPTextProjModel 
 from diffusers.schedulers import scheduling_unclip  # noqa: E402
 
 from dalle2_jax.convert.diffusers_unclip import IMAGE_VARIATION  # noqa: E402
-from dalle2_jax.pipeline import SampleOptions, UnCLIP  # noqa: E402
-from dalle2_jax.visualize import to_uint8  # noqa: E402
+from dalle2_jax.pipeline import UnCLIP  # noqa: E402
 from tests.convert.test_diffusers_pipeline import (  # noqa: E402
     DECODER,
     DECODER_STEPS,
@@ -45,7 +44,6 @@ from tests.convert.test_diffusers_pipeline import (  # noqa: E402
     TEXT_PROJ,
     draws,
     errors,
-    final_image,
     max_abs,
     seeded,
     tiny_text_encoder,
@@ -136,29 +134,27 @@ def test_variation_layout_loads_without_a_prior(variation):
 
 
 def test_variations_match_the_diffusers_pipeline(variation, monkeypatch):
-    """`UnCLIP.variations` = CLIP image embedding of the image, repeated, decoded with fresh
-    noise; diffusers' `UnCLIPImageVariationPipeline` from the same noise. The embedding to 1e-4
-    max; the final images by median <= 1e-2 and mean <= 0.08, as the text-to-image test (there
-    diffusers' float32 run differs from its float64 run by median 5e-4, mean 1.6e-2)."""
+    """`UnCLIP.variations` (CLIP image embedding of the image, repeated, decoded with fresh
+    noise) against diffusers' `UnCLIPImageVariationPipeline` from the same noise. The embedding
+    to 1e-4 max; the final uint8 images (rounding: <= 2e-3) by median <= 1e-2 and mean <= 0.08,
+    as the text-to-image test (there diffusers' float32 run differs from its float64 run by
+    median 5e-4, mean 1.6e-2; decoder guidance 1 instead of 8 moves the mean by 0.25)."""
     ours, key = variation.ours, jax.random.key(1)
     k_up, k_dec = jax.random.split(key)  # UnCLIP.decode: decoder split(key)[1], super-res fold_in
     theirs = run_diffusers(
         variation.theirs, variation.image, (k_dec, jax.random.fold_in(k_up, 0)), monkeypatch
     )
     embed = ours.encode_images(variation.image[None])
-    images = np.asarray(ours.decode(np.repeat(embed, NUM_IMAGES, 0), None, key, SampleOptions()))
+    images = ours.variations(variation.image, key, num_images=NUM_IMAGES)
     found = {
         "image embedding": errors(embed, theirs["embed"]),
-        "variations": errors(final_image(images), theirs["images"]),
+        "variations": errors(images / 255.0, theirs["images"]),
     }
     print({k: {s: f"{v:.1e}" for s, v in e.items()} for k, e in found.items()})
-    assert images.shape == (NUM_IMAGES, 64, 64, 3)
+    assert images.shape == (NUM_IMAGES, 64, 64, 3) and images.dtype == np.uint8
     assert np.std(theirs["images"]) > 0.05  # not a constant image
     assert found["image embedding"]["max"] <= 1e-4
     assert found["variations"]["median"] <= 1e-2 and found["variations"]["mean"] <= 0.08
-    # The public call is this computation: same key, same program.
-    public = ours.variations(variation.image, key, num_images=NUM_IMAGES)
-    assert np.array_equal(public, to_uint8(images))
 
 
 def test_variation_export_round_trip(variation):

@@ -9,11 +9,11 @@ alpha's real sizes (`configs/karlo_sizes.py`) with random weights; `--tiny`: dif
 unCLIP test components (tests/convert/test_diffusers_pipeline.py), for the smoke test.
 
 1. A subprocess builds every component from its config with torch's random init (seeded) and
-   saves the diffusers folder (safetensors; 13.6 GB at real size, in a temporary directory or
+   saves the diffusers folder (safetensors; 13.7 GB at real size, in a temporary directory or
    `--folder DIR`, reused if it holds a folder). The tokenizer is a byte-level CLIP BPE without
    merges (the real vocabulary is not downloaded); every caption is 77 tokens either way.
 2. Each side then runs in its own subprocess, one after the other, on the same folder, so both
-   sample the same weights, and holds one stage's weights at a time (all of them, 13.6 GB per
+   sample the same weights, and holds one stage's weights at a time (all of them, 13.7 GB per
    side, do not fit a shared 24 GB machine): ours loads each stage with the loaders
    `UnCLIP.from_diffusers` composes (`convert.diffusers_unclip.load_*`), compiles its sampling
    program and runs it; diffusers runs `UnCLIPPipeline.__call__` with the prior, decoder and

@@ -8,20 +8,20 @@ are computed from the workdir's trained CLIP stage on first use):
     python train.py --config configs/shapes.py:STAGE --workdir runs/shapes
     STAGE = clip | prior | decoder | upsampler
 Variants with "_tiny" (and "all_tiny") run a few steps of very small models, for tests.
-The scenes' geometry is "large" (objects a decoder learns to draw within the CPU budget);
-"hard" variants (`:hard`, `:decoder_hard`, ...) train on the "small" geometry instead, the
-harder benchmark (`data.shapes_scene.GEOMETRIES`).
+The scenes' geometry (`data.shapes_scene.GEOMETRIES`) is "small" by default; a geometry's name
+after the variant trains every stage on it instead, e.g. `:large`, `:decoder_large`,
+`:all_xlarge_tiny` (learning curves of each: docs/demo.md).
 Cost and results on a 2-core CPU: docs/demo.md (the full log: docs/demo-log.md).
 """
 
 import ml_collections
 
 from configs import common, prior_paper
+from dalle2_jax.data.shapes_scene import GEOMETRIES
 from dalle2_jax.evaluation.shapes_eval import sample_prompts
 
 SEED = 0  # one seed for every stage: the decoder pairs embeddings and images by index
-GEOMETRY = "large"  # the demo's; HARD_GEOMETRY for the "hard" variants
-HARD_GEOMETRY = "small"
+GEOMETRY = "small"  # the demo's; "large" / "xlarge" as variants (docs/demo.md)
 CLIP_SIZE = 32
 EMBED_DIM = 128
 TEXT_LEN = 40
@@ -365,17 +365,16 @@ VARIANTS = {
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    """`arg`: a variant of VARIANTS (default "all"), then optionally "_hard" (the "small"
-    geometry) and "_tiny", e.g. "decoder", "hard", "decoder_hard", "all_tiny"."""
+    """`arg`: a variant of VARIANTS (default "all"), then optionally a geometry of
+    `GEOMETRIES` and "_tiny", e.g. "decoder", "large", "decoder_large", "all_xlarge_tiny"."""
     words = (arg or "all").split("_")
     tiny = words[-1] == "tiny"
     words = words[:-1] if tiny else words
-    hard = words[-1] == "hard"
-    words = words[:-1] if hard else words
+    geometry = words.pop() if words and words[-1] in GEOMETRIES else GEOMETRY
     base = "_".join(words) or "all"
     if base not in VARIANTS:
         raise ValueError(
             f"Unknown shapes variant {arg!r}; choose one of {sorted(VARIANTS)} "
-            "(+ '_hard', + '_tiny')."
+            f"(+ '_' and a geometry of {sorted(GEOMETRIES)}, + '_tiny')."
         )
-    return VARIANTS[base](tiny, HARD_GEOMETRY if hard else GEOMETRY)
+    return VARIANTS[base](tiny, geometry)

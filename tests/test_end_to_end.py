@@ -145,3 +145,23 @@ def test_decoder_probe_command(workdir, tmp_path, capsys):
         assert result[split]["ground_truth"]["shape"] == 1.0
     assert decoder_probe.main(["--workdir", str(tmp_path / "none")]) == 1
     assert "Stage 'clip' is not trained" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("variant", ["large", "all_xlarge_tiny"])
+def test_a_geometry_variant_reaches_every_source_and_the_evaluation(variant):
+    """`configs/shapes.py:<geometry>`: every stage's shapes specs, the samples' captions and
+    the evaluation use that geometry; the default is "small"."""
+    geometry = variant.split("_")[-2 if variant.endswith("_tiny") else -1]
+    config = shapes.get_config(variant)
+    specs = [
+        value
+        for stage in config.stages.values()
+        for group in ("data", "embeddings")
+        for value in stage.get(group, {}).values()
+        if isinstance(value, str) and value.startswith(("shapes:", "shapes_negatives:"))
+    ]
+    assert len(specs) >= 7 and all(s.endswith(f":{geometry}") for s in specs), specs
+    assert config.eval.geometry == geometry
+    assert shapes.get_config("decoder").embeddings.train_source.endswith(":small")
+    with pytest.raises(ValueError, match="Unknown shapes variant"):
+        shapes.get_config("decoder_huge")

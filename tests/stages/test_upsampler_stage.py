@@ -74,7 +74,7 @@ def test_images_come_only_from_config_data():
     config = upsampler_config(tiny=True)
     size = config.data.image_size
     stage = get_stage(config)
-    expected = ShapesSource(0, size, "eval", geometry="large")[3]["image"]  # spec's SIZE: 64
+    expected = ShapesSource(seed=0, image_size=size, split="eval")[3]["image"]  # spec's SIZE: 64
     np.testing.assert_array_equal(stage.full_images("eval")[3]["image"], expected)
     config.data.eval_source = ""
     with pytest.raises(ValueError, match="config.data.eval_source is not set"):

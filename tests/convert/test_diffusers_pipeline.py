@@ -97,30 +97,34 @@ def tiny_text_encoder() -> transformers.CLIPTextModelWithProjection:
     return transformers.CLIPTextModelWithProjection(transformers.CLIPTextConfig(**TEXT_ENCODER))
 
 
-def tiny_pipeline(root: Path) -> UnCLIPPipeline:
-    return UnCLIPPipeline(
+def tiny_components(root: Path, super_res_last: dict = SUPER_RES_LAST) -> dict:
+    """The components both unCLIP pipelines share: diffusers' tiny test modules, seeded."""
+    return dict(
         text_encoder=seeded(0, tiny_text_encoder),
         tokenizer=tiny_tokenizer(root / "vocab"),
+        text_proj=seeded(2, lambda: UnCLIPTextProjModel(**TEXT_PROJ)),
+        decoder=seeded(3, lambda: UNet2DConditionModel(**DECODER)),
+        super_res_first=seeded(4, lambda: UNet2DModel(**SUPER_RES_FIRST)),
+        super_res_last=seeded(5, lambda: UNet2DModel(**super_res_last)),
+        decoder_scheduler=UnCLIPScheduler(variance_type="learned_range", prediction_type="epsilon"),
+        super_res_scheduler=UnCLIPScheduler(
+            variance_type="fixed_small_log", prediction_type="epsilon"
+        ),
+    )
+
+
+def tiny_pipeline(root: Path) -> UnCLIPPipeline:
+    return UnCLIPPipeline(
         prior=seeded(
             1,
             lambda: PriorTransformer(
                 num_attention_heads=2, attention_head_dim=12, embedding_dim=32, num_layers=1
             ),
         ),
-        text_proj=seeded(
-            2,
-            lambda: UnCLIPTextProjModel(**TEXT_PROJ),
-        ),
-        decoder=seeded(3, lambda: UNet2DConditionModel(**DECODER)),
-        super_res_first=seeded(4, lambda: UNet2DModel(**SUPER_RES_FIRST)),
-        super_res_last=seeded(5, lambda: UNet2DModel(**SUPER_RES_LAST)),
         prior_scheduler=UnCLIPScheduler(
             variance_type="fixed_small_log", prediction_type="sample", clip_sample_range=5.0
         ),
-        decoder_scheduler=UnCLIPScheduler(variance_type="learned_range", prediction_type="epsilon"),
-        super_res_scheduler=UnCLIPScheduler(
-            variance_type="fixed_small_log", prediction_type="epsilon"
-        ),
+        **tiny_components(root),
     )
 
 

@@ -36,18 +36,15 @@ from diffusers.schedulers import scheduling_unclip  # noqa: E402
 from dalle2_jax.convert.diffusers_unclip import IMAGE_VARIATION  # noqa: E402
 from dalle2_jax.pipeline import UnCLIP  # noqa: E402
 from tests.convert.test_diffusers_pipeline import (  # noqa: E402
-    DECODER,
     DECODER_STEPS,
     SUPER_RES_FIRST,
     SUPER_RES_LAST,
     SUPER_RES_STEPS,
-    TEXT_PROJ,
     draws,
     errors,
     max_abs,
     seeded,
-    tiny_text_encoder,
-    tiny_tokenizer,
+    tiny_components,
 )
 
 NUM_IMAGES = 2
@@ -67,18 +64,9 @@ def tiny_variation_pipeline(root) -> UnCLIPImageVariationPipeline:
     last = {k: v for k, v in SUPER_RES_LAST.items() if k != "sample_size"}  # as Karlo's
     vision = transformers.CLIPVisionConfig(**IMAGE_ENCODER)
     return UnCLIPImageVariationPipeline(
-        text_encoder=seeded(0, tiny_text_encoder),
-        tokenizer=tiny_tokenizer(root / "vocab"),
         feature_extractor=transformers.CLIPImageProcessor(crop_size=32, size=32),
         image_encoder=seeded(6, lambda: transformers.CLIPVisionModelWithProjection(vision)),
-        text_proj=seeded(2, lambda: UnCLIPTextProjModel(**TEXT_PROJ)),
-        decoder=seeded(3, lambda: UNet2DConditionModel(**DECODER)),
-        super_res_first=seeded(4, lambda: UNet2DModel(**SUPER_RES_FIRST)),
-        super_res_last=seeded(5, lambda: UNet2DModel(**last)),
-        decoder_scheduler=UnCLIPScheduler(variance_type="learned_range", prediction_type="epsilon"),
-        super_res_scheduler=UnCLIPScheduler(
-            variance_type="fixed_small_log", prediction_type="epsilon"
-        ),
+        **tiny_components(root, super_res_last=last),
     )
 
 

@@ -20,6 +20,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from dalle2_jax.convert.hf_clip import load_hf_clip
+from dalle2_jax.data.embeddings import UNIT_NORM
 from dalle2_jax.models.clip import CLIP, CLIPConfig, preprocess_images
 from dalle2_jax.text import Tokenizer, load_tokenizer
 from dalle2_jax.train.mesh import make_mesh
@@ -44,6 +45,8 @@ class ClipEncoder:
         """`normalize`: unit-norm embeddings (False: CLIP's projections as they are);
         `attend_padding`: the text tower sees every token (the mask is still returned)."""
         self.config, self.tokenizer, self.name = config, tokenizer, name
+        # how it embeds, recorded in embedding shards (data.embeddings)
+        self.embedding = (UNIT_NORM if normalize else "raw") + ("+padding" * attend_padding)
         self.has_vision = "vision_model" in params
         self.mesh = make_mesh({"data": -1}, jax.local_devices())
         self.params = jax.device_put(params, NamedSharding(self.mesh, PartitionSpec()))

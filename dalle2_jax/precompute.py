@@ -68,6 +68,7 @@ def precompute_embeddings(
         image_size=image_size,
         start=start,
         stop=stop,
+        embedding=encoder.embedding,
     )
     done = start + out.num_complete
     with (

@@ -4,13 +4,17 @@ A directory holds shards `shard-<start>/`, named by the source index of their fi
 (10 digits), so the shards of several hosts, each embedding its own range of the source, read
 as one directory in source order. Each shard is a folder with
 
-    image_embed.npy  [N, D] float32   unit-norm CLIP image embeddings
-    text_embed.npy   [N, D] float32   unit-norm CLIP text embeddings
+    image_embed.npy  [N, D] float32   CLIP image embeddings (unit-norm unless `embedding` says)
+    text_embed.npy   [N, D] float32   CLIP text embeddings
     text_tokens.npy  [N, L, W] float16 final-LayerNorm caption token encodings
     text_mask.npy    [N, L] bool       True for real (non-padding) tokens
     captions.jsonl   N lines, each one JSON string
     meta.json        {"count", "start", "embed_dim", "text_len", "text_width", "clip_model",
-                      "source", "image_size", ...}
+                      "source", "image_size", "embedding", ...}
+
+`embedding` is how the encoder embeds (`encoders.ClipEncoder.embedding`: "unit-norm", or
+"raw" for Karlo's unnormalised projections, "+padding" when the text tower attends to padding);
+the writer refuses to continue shards embedded another way.
 
 Shard examples are examples start .. start + count - 1 of the image-caption source named by
 `source` (an `open_source` spec, CLIP fed at `image_size`), so a stage that also needs the image
@@ -48,6 +52,7 @@ META_FILE = "meta.json"
 CAPTIONS_FILE = "captions.jsonl"
 FORMAT_VERSION = 2  # 2: shards named by start index, with start / source / image_size
 DIM_KEYS = ("embed_dim", "text_len", "text_width")
+UNIT_NORM = "unit-norm"  # `embedding` of shards written before the field existed
 
 
 def _shard_dirs(directory: Path) -> list[Path]:
@@ -89,6 +94,7 @@ class ShardWriter:
         image_size: int = 0,
         start: int = 0,
         stop: int | None = None,
+        embedding: str = UNIT_NORM,
     ):
         if shard_size < 1:
             raise ValueError(f"shard_size must be >= 1, got {shard_size}.")
@@ -96,6 +102,7 @@ class ShardWriter:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.shard_size = shard_size
         self.clip_model, self.source, self.image_size = clip_model, source, image_size
+        self.embedding = embedding
         self.start = start
         stop = float("inf") if stop is None else stop
         for stale in self.directory.glob(f"{TMP_PREFIX}{SHARD_PREFIX}*"):
@@ -103,6 +110,13 @@ class ShardWriter:
                 shutil.rmtree(stale, ignore_errors=True)
         metas = [json.loads((p / META_FILE).read_text()) for p in _shard_dirs(self.directory)]
         self._metas = [m for m in metas if start <= int(m.get("start", 0)) < stop]
+        found = {m.get("embedding", UNIT_NORM) for m in metas} - {embedding}
+        if found:
+            raise ValueError(
+                f"Embedding shards in {self.directory} hold {sorted(found)[0]} embeddings, but "
+                f"this encoder writes {embedding} ones; write them to a fresh directory (or "
+                "delete these shards)."
+            )
         self._next_start = start + sum(int(m["count"]) for m in self._metas)
         self._dims = {k: int(self._metas[-1][k]) for k in DIM_KEYS} if self._metas else None
         self._buffer: dict[str, list[Any]] = {k: [] for k in (*ARRAY_FIELDS, "captions")}
@@ -198,6 +212,7 @@ class ShardWriter:
                 "clip_model": self.clip_model,
                 "source": self.source,
                 "image_size": self.image_size,
+                "embedding": self.embedding,
                 "format_version": FORMAT_VERSION,
             }
             (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
@@ -243,6 +258,7 @@ class EmbeddingShards:
         self.meta = {k: metas[0][k] for k in (*DIM_KEYS, "clip_model")}
         self.meta["source"] = metas[0].get("source", "")
         self.meta["image_size"] = int(metas[0].get("image_size", 0))
+        self.meta["embedding"] = metas[0].get("embedding", UNIT_NORM)
         self.offsets = np.cumsum([0] + [int(m["count"]) for m in metas]).tolist()
         for i, (m, path) in enumerate(zip(metas, self.shards, strict=True)):
             if _shard_start(m, i, self.offsets[i]) != self.offsets[i]:

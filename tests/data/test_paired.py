@@ -57,6 +57,14 @@ def test_shards_of_another_source_size_or_count_are_refused(shards, source, size
         check_provenance(shards, source, size, count)
 
 
+def test_shards_embedded_another_way_are_not_continued(shards):
+    """Karlo's raw embeddings (config.init_from) never join unit-norm shards of an earlier run."""
+    assert shards.meta["embedding"] == "unit-norm"
+    with pytest.raises(ValueError, match="hold unit-norm embeddings, but this encoder writes raw"):
+        ShardWriter(shards.directory, shard_size=2, source=SPEC, image_size=8, embedding="raw")
+    ShardWriter(shards.directory, shard_size=2, source=SPEC, image_size=8)  # the same way: fine
+
+
 def test_hosts_write_disjoint_ranges_that_read_as_one_directory(tmp_path):
     """Two writers of [0, 3) and [3, 5) (as two hosts) in one directory, in either order."""
 

@@ -141,6 +141,7 @@ def test_shards_round_trip(tmp_path):
         "clip_model": "synthetic",
         "source": "",
         "image_size": 0,
+        "embedding": "unit-norm",
     }
     assert np.load(tmp_path / "shard-0000000010" / "text_tokens.npy").dtype == np.float16
     for i in (0, 9, 10, 24):

@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> None:
             encoder=pipe.encoder,
             num_per_split=args.eval_per_split,
             seed=args.seed,
-            geometry=trained_geometry(pipe),
+            geometry=trained_geometry(pipe.decoder.stage.config),
         )
         Path(args.out).write_text(json.dumps(result, indent=2))
         print(json.dumps(result, indent=2))

@@ -8,8 +8,9 @@ are computed from the workdir's trained CLIP stage on first use):
     python train.py --config configs/shapes.py:STAGE --workdir runs/shapes
     STAGE = clip | prior | decoder | upsampler
 Variants with "_tiny" (and "all_tiny") run a few steps of very small models, for tests.
-The scenes' geometry (`data.shapes_scene.GEOMETRIES`) is "small" by default; a geometry's name
-after the variant trains every stage on it instead, e.g. `:large`, `:decoder_large`,
+The scenes' geometry (`data.shapes_scene.GEOMETRIES`) is "large", objects big enough for this
+decoder to learn their shape within the CPU budget; a geometry's name after the variant trains
+every stage on another, e.g. `:small` (the harder benchmark), `:decoder_small`,
 `:all_xlarge_tiny` (learning curves of each: docs/demo.md).
 Cost and results on a 2-core CPU: docs/demo.md (the full log: docs/demo-log.md).
 """
@@ -21,7 +22,7 @@ from dalle2_jax.data.shapes_scene import GEOMETRIES
 from dalle2_jax.evaluation.shapes_eval import sample_prompts
 
 SEED = 0  # one seed for every stage: the decoder pairs embeddings and images by index
-GEOMETRY = "small"  # the demo's; "large" / "xlarge" as variants (docs/demo.md)
+GEOMETRY = "large"  # the demo's; "small" (harder) / "xlarge" as variants (docs/demo.md)
 CLIP_SIZE = 32
 EMBED_DIM = 128
 TEXT_LEN = 40
@@ -176,7 +177,7 @@ def decoder_config(tiny: bool = False, geometry: str = GEOMETRY) -> ml_collectio
     config.stage = "decoder"
     config.seed = SEED
     config.embeddings = embeddings_config(tiny, geometry)
-    config.num_steps = 1000
+    config.num_steps = 1500  # shape comes last: learning curves in docs/demo.md
     config.batch_size = 32
     config.log_every = 20
     config.eval_every = 500

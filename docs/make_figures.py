@@ -20,6 +20,7 @@ from dalle2_jax.data.embeddings import EmbeddingShards
 from dalle2_jax.data.shapes import ShapesSource
 from dalle2_jax.data.shapes_render import render
 from dalle2_jax.data.transforms import to_float
+from dalle2_jax.evaluation.shapes_eval import trained_geometry
 from dalle2_jax.train.restore import load_stage
 from dalle2_jax.visualize import make_grid, save_png, to_uint8
 
@@ -38,7 +39,8 @@ def main(argv: list[str] | None = None) -> None:
     decoder = load_stage(args.workdir, "decoder")
     size = decoder.stage.config.data.image_size
     shards = EmbeddingShards(Path(args.workdir) / "embeddings" / "eval")
-    source = ShapesSource(seed=decoder.stage.config.seed, image_size=size, split="eval")
+    geometry = trained_geometry(decoder.stage.config)
+    source = ShapesSource(decoder.stage.config.seed, size, "eval", geometry=geometry)
     idx = list(range(args.num))
     embeds = np.stack([shards[i]["image_embed"] for i in idx])
     samples = to_uint8(decoder.stage.sample(decoder.params, {"image_embed": embeds}, key))

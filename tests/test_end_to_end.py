@@ -147,10 +147,10 @@ def test_decoder_probe_command(workdir, tmp_path, capsys):
     assert "Stage 'clip' is not trained" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("variant", ["large", "all_xlarge_tiny"])
+@pytest.mark.parametrize("variant", ["small", "all_xlarge_tiny"])
 def test_a_geometry_variant_reaches_every_source_and_the_evaluation(variant):
     """`configs/shapes.py:<geometry>`: every stage's shapes specs, the samples' captions and
-    the evaluation use that geometry; the default is "small"."""
+    the evaluation use that geometry; the default is "large"."""
     geometry = variant.split("_")[-2 if variant.endswith("_tiny") else -1]
     config = shapes.get_config(variant)
     specs = [
@@ -162,6 +162,6 @@ def test_a_geometry_variant_reaches_every_source_and_the_evaluation(variant):
     ]
     assert len(specs) >= 7 and all(s.endswith(f":{geometry}") for s in specs), specs
     assert config.eval.geometry == geometry
-    assert shapes.get_config("decoder").embeddings.train_source.endswith(":small")
+    assert shapes.get_config("decoder").embeddings.train_source.endswith(":large")
     with pytest.raises(ValueError, match="Unknown shapes variant"):
         shapes.get_config("decoder_huge")

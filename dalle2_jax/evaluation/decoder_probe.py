@@ -195,7 +195,11 @@ def main(argv: list[str] | None = None) -> int:
         decoder_guidance=args.decoder_guidance,
     )
     pipe = UnCLIP(encoder, None, decoder, upsamplers)
-    common = {"num_per_split": args.num, "seed": args.seed, "geometry": trained_geometry(pipe)}
+    common = {
+        "num_per_split": args.num,
+        "seed": args.seed,
+        "geometry": trained_geometry(decoder.stage.config),
+    }
     result = probe_decoder(pipe, opts=opts, **common)
     if args.noise_levels:
         levels = [int(t) for t in args.noise_levels.split(",")]

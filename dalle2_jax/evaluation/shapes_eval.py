@@ -100,10 +100,10 @@ def evaluation_prompts(
     return prompts
 
 
-def trained_geometry(pipe) -> str:
-    """The shapes geometry a workdir's pipeline was trained on: that of its decoder's image
-    source (`config.embeddings.train_source`), or the default for a non-shapes source."""
-    spec = pipe.decoder.stage.config.get("embeddings", {}).get("train_source", "")
+def trained_geometry(decoder_config) -> str:
+    """The shapes geometry a decoder stage config (`pipe.decoder.stage.config`) trained on:
+    that of its image source (`embeddings.train_source`), or the default for other sources."""
+    spec = decoder_config.get("embeddings", {}).get("train_source", "")
     if not spec.startswith("shapes"):
         return DEFAULT_GEOMETRY
     return open_source(spec, image_size=8).geometry

@@ -90,7 +90,7 @@ def test_grouped_source_batches_are_one_contrastive_batch():
     config = shapes.get_config("clip_tiny")
     stage = ClipStage(config)
     config = config.copy_and_resolve_references()
-    config.data.train_source = "shapes:train:32:0"  # the same scenes, ungrouped
+    config.data.train_source = f"shapes:train:32:0:{shapes.GEOMETRY}"  # the same, ungrouped
     flat_stage = ClipStage(config)
     assert stage.batch_spec()["image"].shape == (2, 32, 32, 3)
     assert flat_stage.batch_spec()["image"].shape == (32, 32, 3)

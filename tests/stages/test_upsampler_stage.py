@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 
+from configs import shapes
 from configs.shapes import upsampler_config
 from dalle2_jax.data.degradations import gaussian_blur
 from dalle2_jax.data.shapes import ShapesSource
@@ -74,7 +75,7 @@ def test_images_come_only_from_config_data():
     config = upsampler_config(tiny=True)
     size = config.data.image_size
     stage = get_stage(config)
-    expected = ShapesSource(seed=0, image_size=size, split="eval")[3]["image"]  # spec's SIZE: 64
+    expected = ShapesSource(0, size, "eval", geometry=shapes.GEOMETRY)[3]["image"]  # spec's SIZE
     np.testing.assert_array_equal(stage.full_images("eval")[3]["image"], expected)
     config.data.eval_source = ""
     with pytest.raises(ValueError, match="config.data.eval_source is not set"):

@@ -20,6 +20,7 @@ from ml_collections import config_flags
 from dalle2_jax.cascade import prepare_stage, train_cascade
 from dalle2_jax.train import console
 from dalle2_jax.train.loop import train_and_evaluate
+from dalle2_jax.train.mesh import set_cpu_devices
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (path[:variant]).", lock_config=True)
@@ -31,6 +32,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     del argv
     config = FLAGS.config
+    set_cpu_devices(config.get("cpu_devices", 0))  # before anything starts JAX
     verbose = console.verbose_requested(FLAGS.verbose)
     process_id = (config.get("distributed") or {}).get("process_id")
     with console.boundary(FLAGS.workdir, verbose, process_id):

@@ -44,6 +44,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.mesh = ml_collections.ConfigDict(
         {"data": -1, "fsdp": 1, "tensor": 1, "num_devices": 0}  # num_devices 0: all
     )
+    # On a CPU host: JAX devices to split it into (`train.mesh.set_cpu_devices`); 0: one.
+    config.cpu_devices = 0
     config.axis_rules = [list(r) for r in DEFAULT_RULES]
     config.optim = ml_collections.ConfigDict(
         {

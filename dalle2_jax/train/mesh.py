@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 from collections.abc import Mapping
 
 import jax
@@ -10,6 +12,8 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from dalle2_jax.train.sharding import MESH_AXES
+
+log = logging.getLogger(__name__)
 
 # Batches are split over every data-parallel axis; fsdp is data-parallel for activations.
 BATCH_AXES = ("data", "fsdp")
@@ -38,6 +42,24 @@ def mesh_shape(sizes: Mapping[str, int], num_devices: int) -> tuple[int, ...]:
             f"but {num_devices} are available. Set one axis to -1 to fill the rest."
         )
     return tuple(shape)
+
+
+def set_cpu_devices(count: int) -> None:
+    """Split the host CPU into `count` JAX devices (0: JAX's default, one), so a data-parallel
+    mesh runs one shard per core group: on CPU, one device leaves cores idle in the many small
+    ops of a small model (docs/performance.md). Only the CPU backend is affected, and only
+    before JAX starts; a device count already given in XLA_FLAGS (as the tests give 8) wins."""
+    if count <= 0 or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+        return
+    try:
+        jax.config.update("jax_num_cpu_devices", count)
+    except RuntimeError:  # a computation already started the backends
+        if jax.default_backend() == "cpu" and jax.device_count() != count:
+            log.warning(
+                "cpu_devices=%d is ignored: JAX already started with %d CPU device(s).",
+                count,
+                jax.device_count(),
+            )
 
 
 def make_mesh(sizes: Mapping[str, int], devices: list | None = None) -> Mesh:

@@ -1,5 +1,9 @@
 """Mesh sizing, the optimizer's schedule and weight-decay mask, and micro-batch accumulation."""
 
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -83,3 +87,27 @@ def test_gradient_accumulation_equals_full_batch():
     np.testing.assert_allclose(m1["loss"], m4["loss"], rtol=1e-6)
     np.testing.assert_allclose(m1["mae"], m4["mae"], rtol=1e-6)
     np.testing.assert_allclose(m1["grad_norm"], m4["grad_norm"], rtol=1e-6)
+
+
+def _devices_in_fresh_process(code: str, xla_flags: str = "") -> str:
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update({"JAX_PLATFORMS": "cpu", "XLA_FLAGS": xla_flags})
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def test_set_cpu_devices_splits_the_host_unless_xla_flags_say_otherwise():
+    code = (
+        "from dalle2_jax.train.mesh import set_cpu_devices; set_cpu_devices({n}); "
+        "import jax; print(jax.device_count(), jax.default_backend())"
+    )
+    assert _devices_in_fresh_process(code.format(n=3)) == "3 cpu"
+    assert _devices_in_fresh_process(code.format(n=0)) == "1 cpu"
+    flags = "--xla_force_host_platform_device_count=5"
+    assert _devices_in_fresh_process(code.format(n=3), flags) == "5 cpu"
+    # After JAX has started, the count cannot change: a warning, and the run goes on.
+    late = "import jax; jax.numpy.zeros(1); " + code.format(n=3)
+    assert _devices_in_fresh_process(late) == "1 cpu"

@@ -127,3 +127,11 @@ def test_checkpoint_metadata_paths_match_the_state(tmp_path):
     meta = Checkpointer(directory).manager.item_metadata(2)["state"].tree
     assert leaf_shapes(meta) == leaf_shapes(jax.eval_shape(lambda: state))
     assert any(path.startswith("params/") for path in leaf_shapes(meta))
+
+
+def test_train_py_splits_the_cpu_host_as_the_config_says(tmp_path):
+    """config.cpu_devices reaches JAX before it starts: 3 devices cannot split the batch of 16."""
+    from tests.train.helpers import run_train
+
+    code, out = run_train(tmp_path, {"cpu_devices": 3, "num_steps": 1}, extra_env={"XLA_FLAGS": ""})
+    assert code != 0 and "data-parallel mesh size 3" in out, out

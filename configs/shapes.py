@@ -54,7 +54,6 @@ def embeddings_config(tiny: bool = False, geometry: str = GEOMETRY) -> ml_collec
 
 def clip_config(tiny: bool = False, geometry: str = GEOMETRY) -> ml_collections.ConfigDict:
     config = common.base_config()
-    config.cpu_devices = CPU_DEVICES
     config.stage = "clip"
     config.seed = SEED
     config.num_steps = 500
@@ -135,7 +134,6 @@ def prior_config(tiny: bool = False, geometry: str = GEOMETRY) -> ml_collections
     config.seed = SEED
     config.embeddings = embeddings_config(tiny, geometry)
     config.mesh = common.base_config().mesh
-    config.cpu_devices = CPU_DEVICES
     config.num_steps = 1000
     config.batch_size = 128
     config.log_every = 50
@@ -179,7 +177,6 @@ def prior_config(tiny: bool = False, geometry: str = GEOMETRY) -> ml_collections
 
 def decoder_config(tiny: bool = False, geometry: str = GEOMETRY) -> ml_collections.ConfigDict:
     config = common.base_config()
-    config.cpu_devices = CPU_DEVICES
     config.stage = "decoder"
     config.seed = SEED
     config.embeddings = embeddings_config(tiny, geometry)
@@ -256,7 +253,6 @@ def decoder_config(tiny: bool = False, geometry: str = GEOMETRY) -> ml_collectio
 
 def upsampler_config(tiny: bool = False, geometry: str = GEOMETRY) -> ml_collections.ConfigDict:
     config = common.base_config()
-    config.cpu_devices = CPU_DEVICES
     config.stage = "upsampler"
     config.seed = SEED
     config.num_steps = 500  # as good as 800 here (docs/demo.md)
@@ -330,7 +326,6 @@ def all_config(tiny: bool = False, geometry: str = GEOMETRY) -> ml_collections.C
     config = ml_collections.ConfigDict()
     config.cascade = True
     config.seed = SEED
-    config.cpu_devices = CPU_DEVICES
     config.order = ["clip", "prior", "decoder", "upsampler"]
     config.upsamplers = ["upsampler"]
     config.stages = ml_collections.ConfigDict(
@@ -386,4 +381,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             f"Unknown shapes variant {arg!r}; choose one of {sorted(VARIANTS)} "
             f"(+ '_' and a geometry of {sorted(GEOMETRIES)}, + '_tiny')."
         )
-    return VARIANTS[base](tiny, geometry)
+    config = VARIANTS[base](tiny, geometry)
+    for part in (config, *config.get("stages", {}).values()):  # a cascade records it per stage
+        part.cpu_devices = CPU_DEVICES
+    return config
